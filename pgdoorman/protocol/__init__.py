@@ -1,0 +1,1 @@
+"""Sans-IO PostgreSQL wire protocol codec: stdlib only, no Twisted."""

@@ -1,0 +1,37 @@
+# -*- test-case-name: tests.test_protocol_startup -*-
+"""Protocol numbers, message type bytes and the SQLSTATEs the pooler raises itself."""
+
+__all__ = [
+    "SSL_REQUEST_CODE",
+    "GSSENC_REQUEST_CODE",
+    "CANCEL_REQUEST_CODE",
+    "PROTOCOL_3_0",
+    "MAX_STARTUP_PACKET",
+    "SQLSTATE",
+]
+
+SSL_REQUEST_CODE = 80877103
+GSSENC_REQUEST_CODE = 80877104
+CANCEL_REQUEST_CODE = 80877102
+PROTOCOL_3_0 = 3 << 16
+
+#: PostgreSQL's own limit for the untyped startup packet (MAX_STARTUP_PACKET_LENGTH).
+MAX_STARTUP_PACKET = 10000
+
+
+class SQLSTATE:
+    """The error codes the pooler originates, named as in PostgreSQL's errcodes.txt."""
+
+    PROTOCOL_VIOLATION = "08P01"
+    CONNECTION_FAILURE = "08006"
+    CONNECTION_EXCEPTION = "08000"
+    FEATURE_NOT_SUPPORTED = "0A000"
+    INVALID_AUTHORIZATION = "28000"
+    INVALID_PASSWORD = "28P01"
+    INVALID_CATALOG_NAME = "3D000"
+    TOO_MANY_CONNECTIONS = "53300"
+    ADMIN_SHUTDOWN = "57P01"
+    CANNOT_CONNECT_NOW = "57P03"
+    QUERY_CANCELED = "57014"
+    SYSTEM_ERROR = "58000"
+    INTERNAL_ERROR = "XX000"

@@ -1,0 +1,130 @@
+# -*- test-case-name: tests.test_protocol_framing -*-
+"""Header-walking framer for the typed phase of the protocol, either direction.
+
+The framer never copies or slices the stream it is fed, except the bodies of the few message
+types it is told to watch. The caller forwards the very chunk it received and uses the end
+offsets of watched messages to cut it where it must (DESIGN.md, "The data path").
+"""
+
+import struct
+
+from .constants import SQLSTATE
+from .errors import ProtocolViolation
+
+__all__ = ["Framer", "MAX_WATCHED_BODY", "ALL_TYPES"]
+
+_unpack_len = struct.Struct("!i").unpack_from
+
+#: Watched bodies are buffered whole; anything larger is refused rather than held in memory.
+MAX_WATCHED_BODY = 1 << 20
+
+#: Watch every type: turns the framer into a plain message reader for the login phases.
+ALL_TYPES = frozenset(range(256))
+
+_NO_EVENTS: list = []
+
+
+class Framer:
+    """Walks message headers (1 type byte + 4 length bytes) across arbitrary chunk splits.
+
+    @ivar watch: the message types, as C{int}, whose bodies L{feed} reports. It may be
+        replaced between calls to L{feed}.
+    @ivar peek: message types reported without their bodies (C{body} is C{None}) as soon as
+        their header is seen, so that large ones are never buffered.
+    """
+
+    __slots__ = ("watch", "peek", "max_body", "_owed", "_head", "_body", "_btype")
+
+    def __init__(
+        self,
+        watch: frozenset = frozenset(),
+        max_body: int = MAX_WATCHED_BODY,
+        peek: frozenset = frozenset(),
+    ) -> None:
+        self.watch = watch
+        self.peek = peek
+        self.max_body = max_body
+        self._owed = 0
+        self._head = b""
+        self._body: bytearray | None = None
+        self._btype = 0
+
+    def reset(self) -> None:
+        """Forget any partial message: the caller re-feeds what follows a cut point."""
+        self._owed = 0
+        self._head = b""
+        self._body = None
+
+    @property
+    def at_boundary(self) -> bool:
+        """True when the bytes fed so far end exactly at a message boundary."""
+        return not self._owed and not self._head
+
+    def feed(self, data: bytes) -> list:
+        """Walk C{data} and return the watched messages completed in it.
+
+        Each is a tuple C{(type, body, end)}: the type byte as C{int}, the body as C{bytes}
+        (C{None} for peeked types), and the offset in C{data} just past the message (for a
+        peeked message that is still incomplete, past the end of C{data}).
+
+        @raise ProtocolViolation: a length below 4, or a watched body above C{max_body}.
+        """
+        n = len(data)
+        pos = 0
+        events = _NO_EVENTS
+        owed = self._owed
+        if owed:
+            if owed > n:
+                self._owed = owed - n
+                if self._body is not None:
+                    self._body += data
+                return _NO_EVENTS
+            self._owed = 0
+            pos = owed
+            if self._body is not None:
+                self._body += data[:owed]
+                events = [(self._btype, bytes(self._body), pos)]
+                self._body = None
+        shift = 0
+        if self._head:
+            # A header split across chunks: rare, so a copy is acceptable here.
+            shift = len(self._head)
+            data = self._head + data[pos:]
+            pos = 0
+            n = len(data)
+            self._head = b""
+        watch = self.watch
+        peek = self.peek
+        while pos + 5 <= n:
+            mtype = data[pos]
+            (length,) = _unpack_len(data, pos + 1)
+            if length < 4:
+                raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, f"invalid message length {length}")
+            end = pos + 1 + length
+            if mtype in watch:
+                if length - 4 > self.max_body:
+                    raise ProtocolViolation(
+                        SQLSTATE.PROTOCOL_VIOLATION,
+                        f"message of type {chr(mtype)!r} too large ({length} bytes)",
+                    )
+                if end <= n:
+                    if events is _NO_EVENTS:
+                        events = []
+                    events.append((mtype, data[pos + 5 : end], end - shift))
+                else:
+                    self._body = bytearray(data[pos + 5 :])
+                    self._btype = mtype
+                    self._owed = end - n
+                    return events
+            else:
+                if mtype in peek:
+                    if events is _NO_EVENTS:
+                        events = []
+                    events.append((mtype, None, end - shift))
+                if end > n:
+                    self._owed = end - n
+                    return events
+            pos = end
+        if pos < n:
+            self._head = data[pos:]
+        return events
