@@ -1,0 +1,197 @@
+"""Trial support for tests that need a real PostgreSQL server.
+
+End-to-end tests must run, so a missing PostgreSQL installation is a test error
+carrying the install hint from L{pgdoorman.cluster.ClusterError}, never a skip.
+"""
+
+import atexit
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pgdoorman
+from pgdoorman.cluster import PostgresCluster, free_port
+
+__all__ = ["ClusterMixin", "PgdoormanProcess"]
+
+# The one class whose cluster is up. Trial runs a class's tests together, so a
+# different class asking for its cluster means the previous class is finished.
+_active: type["ClusterMixin"] | None = None
+
+
+def _tear_down_active() -> None:
+    global _active
+    if _active is not None:
+        cls, _active = _active, None
+        cls.tearDownClass()
+
+
+# The last cluster class has no successor to tear it down.
+atexit.register(_tear_down_active)
+
+
+class ClusterMixin:
+    """Give each test class its own running L{PostgresCluster} as C{cls.cluster}.
+
+    Mix in before C{twisted.trial.unittest.TestCase}. Trial, unlike pyunit,
+    never calls C{setUpClass}/C{tearDownClass}, so L{setUp} drives them: the
+    first test of a class starts the cluster, the first test of the next
+    cluster class (or interpreter exit) destroys it. Subclasses overriding
+    C{setUp} must call C{super().setUp()}.
+    """
+
+    hba_method = "trust"
+    cluster: PostgresCluster
+
+    @classmethod
+    def setUpClass(cls) -> None:
+        """Start a cluster for this class and apply C{hba_method} to TCP logins."""
+        cluster = PostgresCluster()
+        try:
+            cluster.start()
+            cluster.set_hba(cls.hba_method)
+        except BaseException:
+            cluster.destroy()
+            raise
+        cls.cluster = cluster
+
+    @classmethod
+    def tearDownClass(cls) -> None:
+        """Destroy this class's cluster, if it is up."""
+        cluster = cls.__dict__.get("cluster")
+        if cluster is not None:
+            del cls.cluster
+            cluster.destroy()
+
+    def setUp(self) -> None:
+        """Make sure this class's cluster is the one running."""
+        global _active
+        super().setUp()  # type: ignore[misc]
+        cls = type(self)
+        # __dict__, not getattr: a subclass must not reuse its parent's cluster.
+        if "cluster" not in cls.__dict__:
+            _tear_down_active()
+            cls.setUpClass()
+        _active = cls
+
+
+class PgdoormanProcess:
+    """A pgdoorman run as C{python -m pgdoorman CONFIG} (so C{twistd -n pgdoorman}) in a
+    child process, from the same pgdoorman package the tests import.
+
+    @param config_text: the TOML config; C{{port}} in it is replaced by a free port.
+    """
+
+    def __init__(self, config_text: str, workdir: str) -> None:
+        self.port = free_port()
+        self.workdir = os.path.abspath(workdir)
+        os.makedirs(self.workdir, exist_ok=True)
+        self.config_path = os.path.join(self.workdir, "pg_doorman.toml")
+        self.write_config(config_text)
+        self.logfile = os.path.join(self.workdir, "pgdoorman.log")
+        self.proc: subprocess.Popen | None = None
+
+    def write_config(self, config_text: str) -> None:
+        """(Re)write the config file."""
+        with open(self.config_path, "w", encoding="utf-8") as f:
+            f.write(config_text.replace("{port}", str(self.port)))
+
+    def start(self) -> None:
+        """Start and wait until the port accepts connections."""
+        env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(pgdoorman.__file__)))
+        env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        with open(self.logfile, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "pgdoorman", self.config_path],
+                cwd=self.workdir,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"pgdoorman exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"pgdoorman did not listen in time:\n{self.log()}") from None
+                time.sleep(0.05)
+
+    def stop(self) -> int | None:
+        """SIGTERM the process and wait for it; returns its exit status."""
+        if self.proc is None:
+            return None
+        proc, self.proc = self.proc, None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        return proc.returncode
+
+    def log(self) -> str:
+        """What the process wrote so far."""
+        try:
+            with open(self.logfile, encoding="utf-8", errors="replace") as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def rss_kib(self) -> int:
+        """Resident set size of the process, in KiB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def url(self, user: str, password: str, database: str = "app") -> str:
+        """A postgresql:// URL to this pgdoorman (asyncpg takes only URLs)."""
+        return f"postgresql://{user}:{password}@127.0.0.1:{self.port}/{database}"
+
+    def dsn(self, user: str, password: str | None = None, database: str = "app") -> str:
+        """A libpq connection string to this pgdoorman."""
+        parts = [f"host=127.0.0.1 port={self.port} dbname={database} user={user}"]
+        if password is not None:
+            parts.append(f"password={password}")
+        return " ".join(parts)
+
+
+def pool_config(
+    cluster: PostgresCluster,
+    users: str,
+    *,
+    database: str = "app",
+    server_database: str = "postgres",
+    pool_mode: str = "session",
+    general: str = "",
+) -> str:
+    """A pgdoorman TOML config in front of C{cluster}; C{users} is the users' TOML text
+    (C{[[pools.app.users]]} tables), C{{port}} stays for L{PgdoormanProcess} to fill in."""
+    return f"""
+[general]
+host = "127.0.0.1"
+port = {{port}}
+admin_username = "admin"
+admin_password = "admin-secret"
+query_wait_timeout = "5s"
+{general}
+
+[pools.{database}]
+server_host = "127.0.0.1"
+server_port = {cluster.port}
+server_database = "{server_database}"
+pool_mode = "{pool_mode}"
+
+{users}
+"""
