@@ -1,0 +1,7 @@
+"""python -m pgdoorman: the same as the pgdoorman command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

@@ -1,0 +1,468 @@
+# -*- test-case-name: tests.test_backend -*-
+"""The server side: a pooler connection to PostgreSQL.
+
+A L{ServerConnection} logs in (trust, cleartext, MD5, SCRAM-SHA-256, or passthrough of the
+client's credentials), then lives in a pool. While linked to a client it forwards every
+chunk it receives untouched and watches only a handful of message types.
+"""
+
+import itertools
+import os
+
+from twisted.internet import endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IPushProducer
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from .auth import ServerCredentials
+from .protocol import messages as m
+from .protocol.auth import (
+    SCRAM_MECHANISM,
+    ScramClient,
+    md5_hash,
+    md5_response,
+)
+from .protocol.constants import SQLSTATE
+from .protocol.errors import AuthenticationFailed, ProtocolViolation
+from .protocol.framing import ALL_TYPES, Framer
+from .protocol.sql import quote_ident, quote_literal
+
+__all__ = ["OneServer", "PauseOnly", "ServerError", "ServerConnection", "connect_server", "server_endpoint"]
+
+_Z, _C, _E, _S, _N, _A, _K, _R = (ord(c) for c in "ZCESNAKR")
+#: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters.
+_LINKED_WATCH = frozenset((_Z, _C, _E, _S))
+
+
+class ServerError(Exception):
+    """PostgreSQL refused or dropped a connection; carries the fields to show the client."""
+
+    def __init__(self, sqlstate: str, message: str, severity: str = "FATAL", detail=None) -> None:
+        super().__init__(message)
+        self.sqlstate = sqlstate
+        self.message = message
+        self.severity = severity
+        self.detail = detail
+
+    @classmethod
+    def from_fields(cls, fields: dict) -> "ServerError":
+        """Build from the fields of an ErrorResponse."""
+        return cls(
+            fields.get("C", SQLSTATE.CONNECTION_FAILURE),
+            fields.get("M", "server error"),
+            fields.get("V", fields.get("S", "ERROR")),
+            fields.get("D"),
+        )
+
+    def to_message(self) -> bytes:
+        """Encode as an ErrorResponse."""
+        return m.error_response(self.sqlstate, self.message, self.severity, self.detail)
+
+
+@implementer(IPushProducer)
+class PauseOnly:
+    """Lends a transport's pause/resume to its peer for flow control, but not its close.
+
+    A transport stops its producer when it disconnects; registering the peer transport
+    itself would let a client that leaves close the server it was using (and vice versa).
+    """
+
+    __slots__ = ("transport",)
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+    def pauseProducing(self) -> None:
+        """Stop reading from the peer."""
+        self.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Read from the peer again."""
+        self.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Nothing: the peer's lifetime is not ours to end."""
+
+
+class ServerConnection(Protocol):
+    """One connection to PostgreSQL.
+
+    @ivar ready: fires with this connection once logged in and ReadyForQuery arrived.
+    @ivar client: the linked client connection, or C{None} while in the pool.
+    @ivar params: the server's ParameterStatus values.
+    @ivar pending: requests (Query, Sync, FunctionCall) forwarded but not yet answered by
+        ReadyForQuery; maintained by the linked client and this connection.
+    @ivar on_lost: called with this connection when it closes while not linked.
+    """
+
+    log = Logger()
+    _ids = itertools.count(1)
+
+    def __init__(self, *, credentials: ServerCredentials, startup: dict, clock) -> None:
+        self.id = next(self._ids)
+        self.credentials = credentials
+        self.startup = startup
+        self.clock = clock
+        self.ready: Deferred = Deferred(canceller=self._cancel_login)
+        self.pool_state = None
+        self.usable = True
+        self.params: dict = {}
+        self.applied: dict = {}
+        self.backend_pid = 0
+        self.backend_key = 0
+        self.tx_status = b"I"
+        self.pending = 0
+        self.at_ready = False
+        self.client = None
+        self.on_lost = None
+        self.address = None
+        self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+        self.created_at = clock.seconds()
+        self.last_used = self.created_at
+        self._framer = Framer(ALL_TYPES)
+        self._scram: "ScramClient | None" = None
+        self._logged_in = False
+        self._internal: "Deferred | None" = None
+        self._internal_error: "ServerError | None" = None
+        self._closing = False
+
+    def __repr__(self) -> str:
+        return f"<ServerConnection #{self.id} pid={self.backend_pid} state={self.pool_state}>"
+
+    # -- Twisted callbacks
+
+    def connectionMade(self) -> None:
+        """Send the StartupMessage."""
+        self.transport.write(m.startup_message(self.startup))
+
+    def dataReceived(self, data: bytes) -> None:
+        """Forward to the linked client, or run the login and internal-query conversations."""
+        client = self.client
+        try:
+            if client is None:
+                self._unlinked(data)
+                return
+            events = self._framer.feed(data)
+            if not events:
+                self.at_ready = False
+                client.transport.write(data)
+                return
+            self._linked(data, events, client)
+        except ProtocolViolation as e:
+            self.log.warn("server {server!r} broke the protocol: {why}", server=self, why=e.message)
+            self._fail(ServerError(SQLSTATE.PROTOCOL_VIOLATION, e.message))
+        except Exception:
+            self.log.failure("server {server!r}: unexpected error", server=self)
+            self._fail(ServerError(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler"))
+
+    def connectionLost(self, reason: Failure = None) -> None:
+        """Tell the login waiter, the linked client or the pool."""
+        self.usable = False
+        if not self._logged_in:
+            if not self.ready.called:
+                self.ready.errback(
+                    ServerError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection during login")
+                )
+            return
+        if self._internal is not None:
+            d, self._internal = self._internal, None
+            d.errback(ServerError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection"))
+        client = self.client
+        if client is not None:
+            client.server_lost(self)
+        elif self.on_lost is not None:
+            self.on_lost(self)
+
+    # -- linked forwarding
+
+    def _linked(self, data: bytes, events: list, client) -> None:
+        pos = 0
+        n = len(data)
+        self.at_ready = False
+        for mtype, body, end in events:
+            if mtype == _Z:
+                self.tx_status = body
+                if self.pending:
+                    self.pending -= 1
+                self.at_ready = end == n
+                if client.wants_release(self):
+                    client.transport.write(data if pos == 0 and end == n else data[pos:end])
+                    self._framer.reset()
+                    client.release_server()
+                    if end < n:
+                        self.dataReceived(data[end:])
+                    return
+            elif mtype == _C:
+                self._track_tag(body)
+            elif mtype == _S:
+                self._parameter(body)
+            elif mtype == _E:
+                if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
+                    self.usable = False
+        client.transport.write(data if pos == 0 else data[pos:])
+
+    def link(self, client) -> None:
+        """Attach a client: from now on server bytes go to it, with flow control both ways."""
+        self.client = client
+        self.last_used = self.clock.seconds()
+        self._framer.watch = _LINKED_WATCH
+        self.transport.registerProducer(PauseOnly(client.transport), True)
+        client.transport.registerProducer(PauseOnly(self.transport), True)
+
+    def unlink(self) -> None:
+        """Detach the client; subsequent bytes are handled by the pooler itself."""
+        client = self.client
+        if client is None:
+            return
+        self.client = None
+        self.last_used = self.clock.seconds()
+        self._framer.watch = ALL_TYPES
+        self.transport.unregisterProducer()
+        client.transport.unregisterProducer()
+        self.transport.resumeProducing()
+        client.transport.resumeProducing()
+
+    # -- session state
+
+    def _track_tag(self, body: bytes) -> None:
+        # PgDoorman's classify_command_complete: only these tags change what checkin resets.
+        if body.startswith(b"SET"):
+            self.dirty_set = True
+        elif body.startswith(b"DECLARE"):
+            self.dirty_cursor = True
+        elif body.startswith(b"PREPARE"):
+            self.dirty_prepare = True
+        elif body.startswith(b"RESET"):
+            self.dirty_set = False
+        elif body.startswith(b"DEALLOCATE ALL"):
+            self.dirty_prepare = False
+        elif body.startswith(b"CLOSE CURSOR ALL"):
+            self.dirty_cursor = False
+        elif body.startswith(b"DISCARD ALL"):
+            self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+
+    def _parameter(self, body: bytes) -> None:
+        name, value = m.parse_parameter_status(body)
+        self.params[name] = value
+        self.applied.pop(name, None)
+
+    def needs_cleanup(self) -> bool:
+        """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind."""
+        return self.tx_status != b"I" or self.dirty_set or self.dirty_prepare or self.dirty_cursor
+
+    def is_clean_boundary(self) -> bool:
+        """True if every request was answered and nothing is half-sent: safe to reuse."""
+        return self.usable and self.pending == 0 and self.at_ready
+
+    def cleanup(self) -> Deferred:
+        """Run PgDoorman's checkin reset: ROLLBACK, RESET ROLE/ALL, DEALLOCATE ALL, CLOSE ALL."""
+        parts = []
+        if self.tx_status != b"I":
+            parts.append("ROLLBACK")
+        if self.dirty_set:
+            parts += ["RESET ROLE", "RESET ALL"]
+        if self.dirty_prepare:
+            parts.append("DEALLOCATE ALL")
+        if self.dirty_cursor:
+            parts.append("CLOSE ALL")
+        d = self.run("; ".join(parts))
+        d.addCallback(self._cleaned)
+        return d
+
+    def _cleaned(self, _) -> None:
+        self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+        self.applied.clear()
+
+    def sync_parameters(self, wanted: dict) -> "Deferred | None":
+        """SET the client's startup parameters that differ here; C{None} if nothing to do."""
+        sets = []
+        for name, value in wanted.items():
+            if self.applied.get(name) == value or self.params.get(name) == value:
+                continue
+            sets.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
+        if not sets:
+            return None
+        d = self.run("; ".join(sets))
+
+        def applied(_):
+            self.applied.update(wanted)
+            return None
+
+        return d.addCallback(applied)
+
+    def run(self, sql: str) -> Deferred:
+        """Run a simple query while not linked; fires when ReadyForQuery arrives.
+
+        Fails with L{ServerError} if the query raised an error.
+        """
+        assert self.client is None and self._internal is None
+        self._internal = Deferred()
+        self._internal_error = None
+        self.pending += 1
+        self.transport.write(m.query(sql))
+        return self._internal
+
+    def close(self) -> None:
+        """Say Terminate and close."""
+        self.usable = False
+        if self._closing or self.transport is None:
+            return
+        self._closing = True
+        self.transport.write(m.TERMINATE)
+        self.transport.loseConnection()
+
+    # -- login and pooler-originated queries
+
+    def _unlinked(self, data: bytes) -> None:
+        for mtype, body, _ in self._framer.feed(data):
+            if not self._logged_in:
+                self._login_message(mtype, body)
+            else:
+                self._idle_message(mtype, body)
+            if self._closing:
+                return
+
+    def _idle_message(self, mtype: int, body: bytes) -> None:
+        if mtype == _Z:
+            self.tx_status = body
+            if self.pending:
+                self.pending -= 1
+            self.at_ready = True
+            d, self._internal = self._internal, None
+            if d is not None:
+                if self._internal_error is not None:
+                    d.errback(self._internal_error)
+                else:
+                    d.callback(self)
+            return
+        self.at_ready = False
+        if mtype == _E:
+            error = ServerError.from_fields(m.parse_error_fields(body))
+            if error.severity in ("FATAL", "PANIC") or self._internal is None:
+                self.usable = False
+            self._internal_error = error
+        elif mtype == _S:
+            self._parameter(body)
+
+    def _login_message(self, mtype: int, body: bytes) -> None:
+        try:
+            if mtype == _R:
+                self._authenticate(*m.parse_auth(body))
+            elif mtype == _S:
+                self._parameter(body)
+            elif mtype == _K:
+                self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
+            elif mtype == _E:
+                self._fail(ServerError.from_fields(m.parse_error_fields(body)))
+            elif mtype == _Z:
+                self._logged_in = True
+                self.tx_status = body
+                self.at_ready = True
+                self.ready.callback(self)
+        except AuthenticationFailed as e:
+            self._fail(ServerError(SQLSTATE.INVALID_PASSWORD, f"server login failed: {e}"))
+
+    def _authenticate(self, code: int, payload: bytes) -> None:
+        creds = self.credentials
+        if code == 0:
+            return
+        if code == 3:
+            if creds.password is None:
+                raise AuthenticationFailed(
+                    "PostgreSQL asks for a cleartext password; configure server_password"
+                )
+            self.transport.write(m.password_message(creds.password.encode("utf-8")))
+        elif code == 5:
+            stored = creds.md5
+            if creds.password is not None:
+                stored = md5_hash(creds.user, creds.password)
+            if stored is None:
+                raise AuthenticationFailed(
+                    "PostgreSQL asks for md5 but the configured secret is a SCRAM verifier"
+                )
+            self.transport.write(m.password_message(md5_response(stored, payload)))
+        elif code == 10:
+            mechanisms = payload.split(b"\x00")
+            if SCRAM_MECHANISM.encode() not in mechanisms:
+                raise AuthenticationFailed("PostgreSQL offers no SASL mechanism the pooler supports")
+            if creds.password is not None:
+                self._scram = ScramClient(creds.password)
+            elif creds.scram is not None and creds.client_key is not None:
+                self._scram = ScramClient(client_key=creds.client_key, server_key=creds.scram.server_key)
+            elif creds.scram is not None:
+                raise AuthenticationFailed("SCRAM passthrough needs a client to log in with SCRAM first")
+            else:
+                raise AuthenticationFailed(
+                    "PostgreSQL asks for scram-sha-256 but the configured secret is an md5 hash"
+                )
+            self.transport.write(m.sasl_initial_response(SCRAM_MECHANISM, self._scram.client_first()))
+        elif code == 11 and self._scram is not None:
+            self.transport.write(m.sasl_response(self._scram.handle_server_first(payload)))
+        elif code == 12 and self._scram is not None:
+            self._scram.handle_server_final(payload)
+            self._scram = None
+        else:
+            raise AuthenticationFailed(f"unsupported authentication request {code}")
+
+    def _fail(self, error: ServerError) -> None:
+        self.usable = False
+        if not self._logged_in and not self.ready.called:
+            self.ready.errback(error)
+        self.close()
+
+    def _cancel_login(self, d: Deferred) -> None:
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+
+class OneServer(Factory):
+    """Hands the endpoint one prepared protocol, quietly: servers come and go all day."""
+
+    noisy = False
+
+    def __init__(self, proto: Protocol) -> None:
+        self.proto = proto
+
+    def buildProtocol(self, addr) -> Protocol:
+        """The protocol given at construction."""
+        return self.proto
+
+
+def server_endpoint(reactor, host: str, port: int, timeout: float):
+    """An endpoint for C{host}: a unix socket directory if it starts with '/', else TCP."""
+    if host.startswith("/"):
+        return endpoints.UNIXClientEndpoint(reactor, os.path.join(host, f".s.PGSQL.{port}"), timeout=timeout)
+    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+
+
+def connect_server(
+    reactor, *, host: str, port: int, timeout: float, credentials: ServerCredentials, startup: dict
+) -> Deferred:
+    """Open and log in a L{ServerConnection}; fires with it, or fails with L{ServerError}."""
+    proto = ServerConnection(credentials=credentials, startup=startup, clock=reactor)
+    proto.address = (host, port, timeout)
+    d = server_endpoint(reactor, host, port, timeout).connect(OneServer(proto))
+    d.addCallback(_after_connect)
+    if timeout > 0:
+        d.addTimeout(timeout, reactor)
+    d.addErrback(_as_server_error, host, port)
+    return d
+
+
+def _after_connect(proto: ServerConnection) -> Deferred:
+    if hasattr(proto.transport, "setTcpNoDelay"):
+        proto.transport.setTcpNoDelay(True)
+        proto.transport.setTcpKeepAlive(True)
+    return proto.ready
+
+
+def _as_server_error(failure: Failure, host: str, port: int):
+    if failure.check(ServerError):
+        return failure
+    raise ServerError(
+        SQLSTATE.CONNECTION_FAILURE,
+        f"could not connect to server {host}:{port}: {failure.getErrorMessage()}",
+    )

@@ -1,0 +1,494 @@
+# -*- test-case-name: tests.test_frontend -*-
+"""The client side: an application connection to pgdoorman.
+
+A L{ClientConnection} answers the startup phase itself (TLS refusal, authentication, the
+pooler's own BackendKeyData), then forwards the client's bytes to a leased server. In
+session mode the server is held until the client leaves; in transaction mode it is leased
+at the first message of a transaction and released at ReadyForQuery C{I} once every request
+the client sent has been answered.
+"""
+
+import os
+import secrets
+
+from twisted.internet.defer import CancelledError
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+
+from .backend import ServerError
+from .pool.pool import PoolClosed, PoolTimeout
+from .protocol import messages as m
+from .protocol.auth import SCRAM_MECHANISM, ScramServer, verify_md5
+from .protocol.constants import SQLSTATE
+from .protocol.errors import AuthenticationFailed, ProtocolViolation
+from .protocol.framing import ALL_TYPES, Framer
+from .protocol.startup import (
+    CancelRequest,
+    GSSENCRequest,
+    SSLRequest,
+    StartupMessage,
+    StartupReader,
+)
+
+__all__ = ["ClientConnection", "ClientFactory"]
+
+_Q, _S, _F, _X, _P, _COPY_DATA = (ord(c) for c in "QSFXpd")
+#: Requests that each get exactly one ReadyForQuery back.
+_REQUESTS = frozenset((_Q, _S, _F))
+#: Extended-protocol messages that are part of a batch until the next Sync.
+_BATCH = frozenset(ord(c) for c in "PBDECH")
+#: Every client message type except CopyData, whose per-row volume would cost too much.
+_CLIENT_PEEK = ALL_TYPES - {_COPY_DATA, _X}
+_CLIENT_WATCH = frozenset((_X,))
+
+#: Startup parameters that are not GUCs and must never be replayed with SET.
+_NOT_SETTABLE = frozenset(("user", "database", "replication", "options"))
+
+#: Bytes a client may send while it waits for a server before we stop reading from it.
+_HELD_CAP = 256 * 1024
+
+STARTUP, AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL, LOGIN, IDLE, WAITING, LINKED, CLOSED = range(9)
+
+
+class ClientConnection(Protocol):
+    """One application connection.
+
+    @ivar server: the leased L{pgdoorman.backend.ServerConnection}, or C{None}.
+    """
+
+    log = Logger()
+
+    def __init__(self, factory: "ClientFactory") -> None:
+        self.factory = factory
+        self.id = factory.next_id()
+        self.key = secrets.randbelow(1 << 31)
+        self.phase = STARTUP
+        self.server = None
+        self.pool = None
+        self.user = None
+        self.database = None
+        self.transaction_mode = False
+        self.wanted: dict = {}
+        self._startup = StartupReader()
+        self._framer = Framer(ALL_TYPES)
+        self._lease = None
+        self._held: list = []
+        self._held_bytes = 0
+        self._held_requests = 0
+        self._unsynced = False
+        self._secret = None
+        self._scram = None
+        self._salt = b""
+        self._paused = False
+
+    def __repr__(self) -> str:
+        return f"<ClientConnection #{self.id} {self.user}@{self.database}>"
+
+    # -- Twisted callbacks
+
+    def connectionMade(self) -> None:
+        """Refuse the connection if max_connections is reached."""
+        self.peer = self.transport.getPeer()
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+            self.transport.setTcpKeepAlive(True)
+        if not self.factory.admit(self):
+            self.fatal(SQLSTATE.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+
+    def dataReceived(self, data: bytes) -> None:
+        """Forward to the linked server (the hot path), or run the current login phase."""
+        try:
+            if self.phase == LINKED:
+                events = self._framer.feed(data)
+                if events:
+                    data = self._client_events(data, events)
+                    if not data:
+                        return
+                self.server.transport.write(data)
+                return
+            if self.phase == STARTUP:
+                self._startup_phase(data)
+            elif self.phase in (IDLE, WAITING):
+                self._hold(data)
+            elif self.phase == LOGIN:
+                self._held.append(data)
+            elif self.phase == CLOSED:
+                return
+            else:
+                self._auth_phase(data)
+        except ProtocolViolation as e:
+            self.log.warn("client {client!r} from {peer}: {why}", client=self, peer=self.peer, why=e.message)
+            self.fatal(e.sqlstate, e.message)
+        except Exception:
+            self.log.failure("client {client!r}: unexpected error", client=self)
+            self.fatal(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler")
+
+    def connectionLost(self, reason=None) -> None:
+        """Give the server back (or drop it if mid-request) and forget this client."""
+        phase, self.phase = self.phase, CLOSED
+        if self._lease is not None:
+            lease, self._lease = self._lease, None
+            lease.cancel()
+        server = self.server
+        if server is not None:
+            self.server = None
+            server.unlink()
+            if server.is_clean_boundary():
+                self.pool.release(server)
+            else:
+                self.pool.discard(server)
+        self.factory.forget(self)
+        if phase >= IDLE and self.factory.log_disconnections:
+            self.log.info("client {client!r} from {peer} disconnected", client=self, peer=self.peer)
+
+    # -- errors
+
+    def fatal(self, sqlstate: str, text: str, detail: "str | None" = None) -> None:
+        """Send a FATAL ErrorResponse and close."""
+        self.send_error(m.error_response(sqlstate, text, "FATAL", detail))
+
+    def send_error(self, error: bytes) -> None:
+        """Send an encoded ErrorResponse and close."""
+        if self.phase == CLOSED:
+            return
+        self.phase = CLOSED
+        self.transport.write(error)
+        self.transport.loseConnection()
+
+    # -- startup and authentication
+
+    def _startup_phase(self, data: bytes) -> None:
+        reader = self._startup
+        reader.feed(data)
+        while self.phase == STARTUP:
+            event = reader.next_event()
+            if event is None:
+                return
+            if isinstance(event, (SSLRequest, GSSENCRequest)):
+                if reader.pending:
+                    # Bytes pipelined behind an SSLRequest could be injected by a MITM.
+                    raise ProtocolViolation(
+                        SQLSTATE.PROTOCOL_VIOLATION, "unexpected data after encryption request"
+                    )
+                self.transport.write(b"N")
+            elif isinstance(event, CancelRequest):
+                self.phase = CLOSED
+                self.factory.cancel(event.pid, event.key)
+                self.transport.loseConnection()
+            elif isinstance(event, StartupMessage):
+                self._login(event, reader.take_pending())
+
+    def _login(self, event: StartupMessage, rest: bytes) -> None:
+        params = event.params
+        self.user = params["user"]
+        self.database = params["database"]
+        if event.minor:
+            self.transport.write(
+                m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")])
+            )
+        self.wanted = {
+            k: v for k, v in params.items() if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
+        }
+        registry = self.factory.registry
+        if registry.config.pools.get(self.database) is None:
+            self.fatal(SQLSTATE.INVALID_CATALOG_NAME, f'database "{self.database}" does not exist')
+            return
+        found = registry.user(self.database, self.user)
+        if found is None:
+            self._auth_failed()
+            return
+        self.pool_config, self.user_config = found
+        self.transaction_mode = self.user_config.pool_mode == "transaction"
+        kind = self.user_config.password_kind
+        if kind == "md5":
+            self._salt = os.urandom(4)
+            self.phase = AUTH_MD5
+            self.transport.write(m.auth_md5(self._salt))
+        elif kind in ("scram", "plain"):
+            self._secret = registry.scram_secret(self.database, self.user)
+            self.phase = AUTH_SASL_FIRST
+            self.transport.write(m.auth_sasl([SCRAM_MECHANISM]))
+        else:
+            self._auth_failed()
+            return
+        if rest:
+            self._auth_phase(rest)
+
+    def _auth_phase(self, data: bytes) -> None:
+        for mtype, body, end in self._framer.feed(data):
+            if mtype != _P:
+                raise ProtocolViolation(
+                    SQLSTATE.PROTOCOL_VIOLATION,
+                    f"expected password response, got message type {chr(mtype)!r}",
+                )
+            try:
+                self._password_message(body)
+            except AuthenticationFailed:
+                self._auth_failed()
+                return
+            if self.phase == LOGIN:
+                # A client that pipelines its first query behind the password: keep it.
+                if end < len(data):
+                    self._held.append(data[end:])
+                return
+
+    def _password_message(self, body: bytes) -> None:
+        if self.phase == AUTH_MD5:
+            if not verify_md5(self.user_config.password, self._salt, m.parse_password_message(body)):
+                raise AuthenticationFailed("md5 mismatch")
+            self._authenticated()
+        elif self.phase == AUTH_SASL_FIRST:
+            mechanism, payload = m.parse_sasl_initial_response(body)
+            if mechanism != SCRAM_MECHANISM:
+                raise AuthenticationFailed("unsupported SASL mechanism")
+            self._scram = ScramServer(self._secret)
+            self.phase = AUTH_SASL_FINAL
+            self.transport.write(m.auth_sasl_continue(self._scram.handle_client_first(payload)))
+        elif self.phase == AUTH_SASL_FINAL:
+            final = self._scram.handle_client_final(body)
+            self.factory.registry.learn_client_key(self.database, self.user, self._scram.client_key)
+            self._scram = None
+            self.transport.write(m.auth_sasl_final(final))
+            self._authenticated()
+
+    def _auth_failed(self) -> None:
+        self.factory.count_login_failure()
+        self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+
+    def _authenticated(self) -> None:
+        self.phase = LOGIN
+        self.transport.write(m.AUTH_OK)
+        self.pool = self.factory.registry.pool(self.database, self.user)
+        self._acquire(self._logged_in)
+
+    def _logged_in(self, server) -> None:
+        write = self.transport.write
+        write(b"".join(m.parameter_status(k, v) for k, v in server.params.items()))
+        write(m.backend_key_data(self.id, self.key))
+        write(m.READY_IDLE)
+        if self.factory.log_connections:
+            self.log.info(
+                "client {client!r} from {peer} logged in ({mode} mode)",
+                client=self,
+                peer=self.peer,
+                mode="transaction" if self.transaction_mode else "session",
+            )
+        self.factory.register_key(self)
+        if self.transaction_mode:
+            self.phase = IDLE
+            server.unlink()
+            self.server = None
+            self.pool.release(server)
+        else:
+            self.phase = LINKED
+        self._framer = Framer(_CLIENT_WATCH, peek=_CLIENT_PEEK)
+        held, self._held = self._held, []
+        for data in held:
+            self.dataReceived(data)
+
+    # -- leasing
+
+    def _acquire(self, then) -> None:
+        """Lease a server, bring its parameters in line with ours, link it, then call C{then}."""
+        server = self.pool.try_lease()
+        if server is not None:
+            self._leased(server, then)
+            return
+        self._lease = self.pool.lease()
+        self._lease.addCallbacks(self._leased, self._lease_failed, callbackArgs=(then,))
+        self._lease.addErrback(self._unexpected)
+
+    def _leased(self, server, then) -> None:
+        self._lease = None
+        if self.phase == CLOSED:
+            self.pool.release(server)
+            return
+        d = server.sync_parameters(self.wanted)
+        if d is None:
+            self._link(server, then)
+        else:
+            d.addCallbacks(lambda _: self._link(server, then), self._sync_failed, errbackArgs=(server,))
+            d.addErrback(self._unexpected)
+
+    def _sync_failed(self, failure, server) -> None:
+        self.pool.release(server)
+        failure.trap(ServerError)
+        error = failure.value
+        self.fatal(error.sqlstate, error.message, error.detail)
+
+    def _link(self, server, then) -> None:
+        if self.phase == CLOSED:
+            self.pool.release(server)
+            return
+        self.server = server
+        server.link(self)
+        if then is not None:
+            then(server)
+        else:
+            self.phase = LINKED
+            self._flush_held()
+
+    def _lease_failed(self, failure) -> None:
+        self._lease = None
+        if failure.check(CancelledError) or self.phase == CLOSED:
+            return
+        if failure.check(PoolTimeout):
+            db, user = self.pool.name
+            self.fatal(
+                SQLSTATE.TOO_MANY_CONNECTIONS,
+                f"Could not get a database connection from the pool for database {db}, user {user}",
+                "Timeout occurred while waiting free connection from pool (query_wait_timeout)",
+            )
+        elif failure.check(ServerError):
+            self.send_error(failure.value.to_message())
+        elif failure.check(PoolClosed):
+            self.fatal(SQLSTATE.ADMIN_SHUTDOWN, "terminating connection due to pooler shutdown")
+        else:
+            self.log.failure("client {client!r}: lease failed", failure, client=self)
+            self.fatal(SQLSTATE.CONNECTION_FAILURE, "could not get a server connection")
+
+    def _unexpected(self, failure) -> None:
+        self.log.failure("client {client!r}: unexpected error", failure, client=self)
+        self.fatal(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler")
+
+    def _hold(self, data: bytes) -> None:
+        """Keep bytes that arrive while no server is linked; start a lease if needed."""
+        events = self._framer.feed(data)
+        if events:
+            data = self._client_events(data, events)
+            if self.phase == CLOSED:
+                return
+        if data:
+            self._held.append(data)
+            self._held_bytes += len(data)
+            if self._held_bytes > _HELD_CAP and not self._paused:
+                self._paused = True
+                self.transport.pauseProducing()
+        if self.phase == IDLE and self._held:
+            self.phase = WAITING
+            self._acquire(None)
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        self._held_bytes = 0
+        server = self.server
+        server.pending += self._held_requests
+        self._held_requests = 0
+        if self._paused:
+            self._paused = False
+            self.transport.resumeProducing()
+        if held:
+            server.transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def _client_events(self, data: bytes, events: list) -> bytes:
+        """Account for requests in C{data}; return what should go on (all of it, or up to X)."""
+        server = self.server if self.phase == LINKED else None
+        for mtype, _, end in events:
+            if mtype in _REQUESTS:
+                self._unsynced = False
+                if server is not None:
+                    server.pending += 1
+                else:
+                    self._held_requests += 1
+            elif mtype == _X:
+                # Terminate is ours to act on: the server stays open for the next client.
+                self.phase = CLOSED
+                self.transport.loseConnection()
+                return data[: end - 5]
+            elif mtype in _BATCH:
+                self._unsynced = True
+        return data
+
+    # -- called by the linked server
+
+    def wants_release(self, server) -> bool:
+        """True if, at this ReadyForQuery, the server should go back to the pool."""
+        return (
+            self.transaction_mode
+            and server.tx_status == b"I"
+            and server.pending == 0
+            and not self._unsynced
+            and self._framer.at_boundary
+        )
+
+    def release_server(self) -> None:
+        """Unlink the server and return it to the pool."""
+        server = self.server
+        self.server = None
+        self.phase = IDLE
+        server.unlink()
+        self.pool.release(server)
+
+    def server_lost(self, server) -> None:
+        """The linked server closed: tell the client (unless the server already did) and close."""
+        self.server = None
+        self.pool.discard(server)
+        if server.usable:
+            self.fatal(SQLSTATE.CONNECTION_FAILURE, "server closed the connection unexpectedly")
+        else:
+            self.phase = CLOSED
+            self.transport.loseConnection()
+
+
+class ClientFactory(Factory):
+    """Creates L{ClientConnection}s and keeps the process-wide client bookkeeping.
+
+    @param registry: the L{pgdoorman.pool.registry.PoolRegistry}.
+    @param canceller: called with a server connection whose running query to cancel.
+    """
+
+    log = Logger()
+
+    def __init__(self, registry, canceller) -> None:
+        self.registry = registry
+        self.canceller = canceller
+        self.clients: set = set()
+        self.by_key: dict = {}
+        self.login_failures = 0
+        self._next_id = 0
+
+    @property
+    def log_connections(self) -> bool:
+        """C{log_client_connections} from the current config."""
+        return self.registry.config.general.log_client_connections
+
+    @property
+    def log_disconnections(self) -> bool:
+        """C{log_client_disconnections} from the current config."""
+        return self.registry.config.general.log_client_disconnections
+
+    def buildProtocol(self, addr) -> ClientConnection:
+        """A new client connection."""
+        return ClientConnection(self)
+
+    def next_id(self) -> int:
+        """A process id for the pooler's BackendKeyData: sequential, wrapping at 2**31."""
+        self._next_id = self._next_id % 0x7FFFFFFF + 1
+        return self._next_id
+
+    def admit(self, client: ClientConnection) -> bool:
+        """Count a new client; False if max_connections is reached."""
+        if len(self.clients) >= self.registry.config.general.max_connections:
+            return False
+        self.clients.add(client)
+        return True
+
+    def forget(self, client: ClientConnection) -> None:
+        """Drop a closed client from the bookkeeping."""
+        self.clients.discard(client)
+        if self.by_key.get((client.id, client.key)) is client:
+            del self.by_key[(client.id, client.key)]
+
+    def register_key(self, client: ClientConnection) -> None:
+        """Make the client's BackendKeyData usable for CancelRequest."""
+        self.by_key[(client.id, client.key)] = client
+
+    def cancel(self, pid: int, key: int) -> None:
+        """Cancel the query of the client with this key, on the server serving it now."""
+        client = self.by_key.get((pid, key))
+        if client is not None and client.server is not None:
+            self.canceller(client.server)
+
+    def count_login_failure(self) -> None:
+        """Record a failed login."""
+        self.login_failures += 1

@@ -1,0 +1,1 @@
+"""Server pools: per (database, user) pools, the registry that owns them, and their upkeep."""

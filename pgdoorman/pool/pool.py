@@ -1,0 +1,224 @@
+# -*- test-case-name: tests.test_pool -*-
+"""One pool: the servers for a (database, user) pair and the clients waiting for one.
+
+The pool knows nothing about transports. A server is any object with the attributes and
+methods of L{IPoolServer}; the pool moves it between states and hands it to clients.
+"""
+
+from collections import deque
+from typing import Callable, Protocol
+
+from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.logger import Logger
+
+__all__ = ["IPoolServer", "Pool", "PoolTimeout", "PoolClosed"]
+
+IDLE = "idle"
+ACTIVE = "active"
+USED = "used"
+CLOSED = "closed"
+
+
+class PoolTimeout(Exception):
+    """No server became free within query_wait_timeout."""
+
+
+class PoolClosed(Exception):
+    """The pool was shut down while the client waited."""
+
+
+class IPoolServer(Protocol):
+    """What the pool needs from a server connection."""
+
+    pool_state: str
+    usable: bool
+    #: set by the pool: called with the server when it closes while not leased.
+    on_lost: Callable
+
+    def needs_cleanup(self) -> bool:
+        """True if the server must be reset before another client may use it."""
+
+    def cleanup(self) -> Deferred:
+        """Reset session state (ROLLBACK, RESET ALL, ...); fires when the server is reusable."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+class Pool:
+    """Servers for one (database, user) pair with a strict FIFO queue of waiting clients.
+
+    @param name: C{(database, user)}.
+    @param size: the most servers open at once (C{pool_size}).
+    @param connector: returns a C{Deferred} firing with a new, authenticated server.
+    @param clock: an C{IReactorTime} for the wait timeout.
+    @param query_wait_timeout: seconds a client may wait for a server; 0 waits forever.
+    @param round_robin: hand out the least recently used idle server instead of the most
+        recently used one (C{server_round_robin}).
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        name: tuple,
+        *,
+        size: int,
+        connector: Callable[[], Deferred],
+        clock,
+        query_wait_timeout: float,
+        round_robin: bool = False,
+    ) -> None:
+        self.name = name
+        self.size = size
+        self.connector = connector
+        self.clock = clock
+        self.query_wait_timeout = query_wait_timeout
+        self.round_robin = round_robin
+        self.idle: deque = deque()
+        self.active: set = set()
+        self.used: set = set()
+        self.connecting = 0
+        self.waiters: deque = deque()
+        self.closed = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<Pool {self.name[0]}/{self.name[1]} idle={len(self.idle)} active={len(self.active)}"
+            f" used={len(self.used)} login={self.connecting} waiting={len(self.waiters)}>"
+        )
+
+    @property
+    def total(self) -> int:
+        """Servers open or being opened."""
+        return len(self.idle) + len(self.active) + len(self.used) + self.connecting
+
+    def try_lease(self):
+        """Return an idle server, now active, or C{None}: the no-Deferred fast path."""
+        if self.idle and not self.waiters:
+            server = self.idle.popleft() if self.round_robin else self.idle.pop()
+            server.pool_state = None
+            self._move(server, ACTIVE)
+            return server
+        return None
+
+    def lease(self) -> Deferred:
+        """Return a cancellable C{Deferred} that fires with a server, FIFO among waiters.
+
+        It fails with L{PoolTimeout} after C{query_wait_timeout}, or with the connection
+        error if opening a server for this waiter failed.
+        """
+        if self.closed:
+            return _fail(PoolClosed("pool is shut down"))
+        server = self.try_lease()
+        if server is not None:
+            return succeed(server)
+        d = Deferred(canceller=self._forget_waiter)
+        self.waiters.append(d)
+        if self.query_wait_timeout > 0:
+            d.addTimeout(self.query_wait_timeout, self.clock)
+            d.addErrback(_timeout_to_pool_timeout)
+        self._grow()
+        return d
+
+    def release(self, server) -> None:
+        """Take back a server from a client; clean it up first if it needs it."""
+        if not server.usable or self.closed:
+            self.discard(server)
+        elif server.needs_cleanup():
+            self._move(server, USED)
+            d = server.cleanup()
+            d.addCallbacks(lambda _: self._cleaned(server), lambda _: self.discard(server))
+        else:
+            self._checkin(server)
+
+    def discard(self, server) -> None:
+        """Forget a server (it died or is unusable) and close it; open a new one if needed."""
+        if server.pool_state == CLOSED:
+            return
+        self._move(server, CLOSED)
+        server.close()
+        self._grow()
+
+    def close(self) -> None:
+        """Close every idle server, fail the waiters, and discard servers as they return."""
+        self.closed = True
+        while self.waiters:
+            self.waiters.popleft().errback(PoolClosed("pool is shut down"))
+        for server in list(self.idle):
+            self.discard(server)
+
+    def _cleaned(self, server) -> None:
+        if server.pool_state == USED:
+            if server.usable and not self.closed:
+                self._checkin(server)
+            else:
+                self.discard(server)
+
+    def _checkin(self, server) -> None:
+        if self.waiters:
+            self._move(server, ACTIVE)
+            self.waiters.popleft().callback(server)
+        else:
+            self._move(server, IDLE)
+
+    def _move(self, server, state: str) -> None:
+        """The single place where a server changes state (pgbouncer's change_server_state)."""
+        old = getattr(server, "pool_state", None)
+        if old == IDLE:
+            self.idle.remove(server)
+        elif old == ACTIVE:
+            self.active.discard(server)
+        elif old == USED:
+            self.used.discard(server)
+        server.pool_state = state
+        if state == IDLE:
+            self.idle.append(server)
+        elif state == ACTIVE:
+            self.active.add(server)
+        elif state == USED:
+            self.used.add(server)
+
+    def _forget_waiter(self, d: Deferred) -> None:
+        try:
+            self.waiters.remove(d)
+        except ValueError:
+            pass
+
+    def _grow(self) -> None:
+        while not self.closed and len(self.waiters) > self.connecting and self.total < self.size:
+            self._connect()
+
+    def _connect(self) -> None:
+        self.connecting += 1
+        d = self.connector()
+        d.addCallbacks(self._connected, self._connect_failed)
+        d.addErrback(lambda f: self.log.failure("pool {pool!r}: connect bookkeeping failed", f, pool=self))
+
+    def _connected(self, server) -> None:
+        self.connecting -= 1
+        if self.closed:
+            server.pool_state = CLOSED
+            server.close()
+            return
+        server.pool_state = None
+        server.on_lost = self.discard
+        self._checkin(server)
+
+    def _connect_failed(self, failure) -> None:
+        self.connecting -= 1
+        # Fail the oldest waiter fast with the real reason instead of letting it time out.
+        if self.waiters:
+            self.waiters.popleft().errback(failure)
+        self._grow()
+
+
+def _fail(exc: Exception) -> Deferred:
+    d: Deferred = Deferred()
+    d.errback(exc)
+    return d
+
+
+def _timeout_to_pool_timeout(failure):
+    failure.trap(TimeoutError)
+    raise PoolTimeout("timeout while waiting for a server")

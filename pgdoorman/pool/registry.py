@@ -1,0 +1,84 @@
+# -*- test-case-name: tests.test_registry -*-
+"""The registry of pools, one per (database, user), created on first use."""
+
+from twisted.application.service import Service
+from twisted.logger import Logger
+
+from ..auth import client_scram_secret, server_credentials
+from .pool import Pool
+
+__all__ = ["PoolRegistry"]
+
+
+class PoolRegistry(Service):
+    """Owns the running config and every pool.
+
+    @param config: the L{pgdoorman.config.Config} in force.
+    @param connect: C{connect(pool_config, user_config, credentials) -> Deferred} opening a
+        logged-in server connection (injected so this layer knows no transports).
+    @param clock: an C{IReactorTime}.
+    """
+
+    log = Logger()
+
+    def __init__(self, config, *, connect, clock) -> None:
+        self.config = config
+        self.connect = connect
+        self.clock = clock
+        self.pools: dict = {}
+        self._credentials: dict = {}
+        self._client_secrets: dict = {}
+
+    def user(self, database: str, username: str):
+        """C{(pool_config, user_config)} for a login, or C{None} if there is no such user."""
+        return self.config.user(database, username)
+
+    def credentials(self, database: str, username: str):
+        """The L{ServerCredentials} used to open servers for this pool user."""
+        key = (database, username)
+        creds = self._credentials.get(key)
+        if creds is None:
+            creds = self._credentials[key] = server_credentials(self.user(database, username)[1])
+        return creds
+
+    def scram_secret(self, database: str, username: str):
+        """The SCRAM secret a client of this pool user must prove (computed once)."""
+        key = (database, username)
+        secret = self._client_secrets.get(key)
+        if secret is None:
+            secret = self._client_secrets[key] = client_scram_secret(self.user(database, username)[1])
+        return secret
+
+    def learn_client_key(self, database: str, username: str, client_key: bytes) -> None:
+        """Keep the ClientKey of a successful SCRAM login for passthrough to PostgreSQL."""
+        creds = self.credentials(database, username)
+        if creds.scram is not None and creds.password is None:
+            creds.client_key = client_key
+
+    def pool(self, database: str, username: str) -> Pool:
+        """The pool for a (database, user) pair, created on first use."""
+        key = (database, username)
+        pool = self.pools.get(key)
+        if pool is None:
+            pool_config, user_config = self.user(database, username)
+            general = self.config.general
+            creds = self.credentials(database, username)
+
+            def connector():
+                return self.connect(pool_config, user_config, creds)
+
+            pool = self.pools[key] = Pool(
+                key,
+                size=user_config.pool_size,
+                connector=connector,
+                clock=self.clock,
+                query_wait_timeout=general.query_wait_timeout / 1000.0,
+                round_robin=general.server_round_robin,
+            )
+        return pool
+
+    def stopService(self):
+        """Close every pool: idle servers now, leased ones as they come back."""
+        super().stopService()
+        for pool in self.pools.values():
+            pool.close()

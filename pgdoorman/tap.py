@@ -1,0 +1,43 @@
+# -*- test-case-name: tests.test_tap -*-
+"""The twistd plugin's options and service maker: C{twistd -n pgdoorman --config FILE}."""
+
+import os
+
+from twisted.python import usage
+
+from .config import ConfigError, load
+
+__all__ = ["Options", "makeService", "DEFAULT_CONFIG"]
+
+#: PgDoorman's default: C{pg_doorman.toml} in the working directory, or $CONFIG_FILE.
+DEFAULT_CONFIG = "pg_doorman.toml"
+
+
+class Options(usage.Options):
+    """Command-line options of the C{pgdoorman} twistd plugin."""
+
+    optParameters = [
+        ["config", "c", None, "Path of pg_doorman.toml (default: $CONFIG_FILE or ./pg_doorman.toml)."],
+    ]
+    optFlags = [["check", "t", "Check the configuration and exit."]]
+
+    def postOptions(self) -> None:
+        """Load and validate the config now, so errors show before daemonizing."""
+        path = self["config"] or os.environ.get("CONFIG_FILE") or DEFAULT_CONFIG
+        try:
+            self.loaded = load(path)
+        except ConfigError as e:
+            raise usage.UsageError(str(e)) from None
+        except OSError as e:
+            raise usage.UsageError(f"{path}: cannot read config: {e.strerror}") from None
+        if self["check"]:
+            raise SystemExit(0)
+
+
+def makeService(options: Options):
+    """Build the service tree on the global reactor (imported here, never at module level)."""
+    from twisted.internet import reactor
+
+    from .service import make_service
+
+    return make_service(options.loaded, reactor)

@@ -1,0 +1,142 @@
+"""End-to-end: real clients (psql, pgbench, psycopg 3, asyncpg) through pgdoorman in
+session mode against a real PostgreSQL."""
+
+import asyncio
+import re
+import subprocess
+import time
+
+import asyncpg
+import psycopg
+from twisted.trial.unittest import TestCase
+
+from pgdoorman.protocol.auth import scram_verifier
+
+from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
+
+USERS = f"""
+[[pools.app.users]]
+username = "bench"
+password = "{scram_verifier("bench-pw")}"
+pool_size = 20
+server_username = "bench"
+server_password = "bench-pw"
+"""
+
+
+class SessionModeTests(ClusterMixin, TestCase):
+    """Session mode: each client holds one server until it leaves."""
+
+    hba_method = "scram-sha-256"
+    pool_mode = "session"
+
+    def setUp(self):
+        super().setUp()
+        cls = type(self)
+        if "initialised" not in cls.__dict__:
+            self.cluster.create_user("bench", "bench-pw")
+            self.cluster.create_database("bench", owner="bench")
+            subprocess.run(
+                [
+                    "pgbench",
+                    "-i",
+                    "-s",
+                    "1",
+                    "-q",
+                    "-d",
+                    self.cluster.dsn(user="bench", password="bench-pw", database="bench"),
+                ],
+                check=True,
+                capture_output=True,
+                timeout=120,
+            )
+            cls.initialised = True
+        config = pool_config(self.cluster, USERS, server_database="bench", pool_mode=self.pool_mode)
+        self.pooler = PgdoormanProcess(config, self.mktemp())
+        self.pooler.start()
+        self.addCleanup(self.pooler.stop)
+        self.dsn = self.pooler.dsn("bench", "bench-pw")
+
+    def pgbench(self, *args: str) -> str:
+        """Run pgbench through the pooler and return its output."""
+        result = subprocess.run(
+            ["pgbench", "-n", *args, "-d", self.dsn], capture_output=True, text=True, timeout=120
+        )
+        self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
+        return result.stdout
+
+    def assertNoFailures(self, output: str):
+        """pgbench processed transactions and reported zero failed ones."""
+        self.assertRegex(output, r"number of failed transactions: 0 \(0\.000%\)")
+        processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
+        self.assertGreater(processed, 0)
+
+    def waitForQuery(self, pid: int, query: str):
+        """Wait until backend C{pid} has run C{query} and gone idle."""
+        deadline = time.monotonic() + 10
+        sql = f"select state, query from pg_stat_activity where pid = {pid}"
+        while self.cluster.sql(sql) != f"idle|{query}":
+            self.assertLess(time.monotonic(), deadline, self.cluster.sql(sql))
+            time.sleep(0.05)
+
+    def test_psql(self):
+        """psql runs several statements, a transaction and a SET through the pooler."""
+        result = subprocess.run(
+            ["psql", "-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-d", self.dsn],
+            input="select 1;\nbegin;\nselect count(*) from pgbench_branches;\ncommit;\nset work_mem = '8MB';\nshow work_mem;\n",
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["1", "BEGIN", "1", "COMMIT", "SET", "8MB"])
+
+    def test_psycopg(self):
+        """psycopg 3 runs parameterised queries and a transaction through the pooler."""
+        with psycopg.connect(self.dsn) as conn:
+            self.assertEqual(conn.execute("select %s::int + 1", (41,)).fetchone(), (42,))
+            with conn.transaction():
+                conn.execute("create temp table t (x int)")
+                conn.execute("insert into t select generate_series(1, 100)")
+                self.assertEqual(conn.execute("select sum(x) from t").fetchone(), (5050,))
+
+    def test_asyncpg(self):
+        """asyncpg, with its default statement cache, runs queries through the pooler."""
+
+        async def run():
+            conn = await asyncpg.connect(self.pooler.url("bench", "bench-pw"))
+            try:
+                total = 0
+                for i in range(20):
+                    total += await conn.fetchval("select $1::int + 1", i)
+                async with conn.transaction():
+                    rows = await conn.fetch("select aid from pgbench_accounts order by aid limit 3")
+                return total, [r["aid"] for r in rows]
+            finally:
+                await conn.close()
+
+        self.assertEqual(asyncio.run(run()), (210, [1, 2, 3]))
+
+    def test_pgbench_simple(self):
+        """pgbench -M simple -c 20 -T 10 on a pool of 20: no failed transaction."""
+        self.assertNoFailures(self.pgbench("-M", "simple", "-c", "20", "-j", "2", "-T", "10"))
+
+    def test_pgbench_extended(self):
+        """pgbench -M extended -c 20 -T 10 on a pool of 20: no failed transaction."""
+        self.assertNoFailures(self.pgbench("-M", "extended", "-c", "20", "-j", "2", "-T", "10"))
+
+    def test_server_reused_after_client_leaves(self):
+        """A client that leaves mid-transaction after a SET: its server is rolled back, reset
+        and given to the next client, which sees none of that state."""
+        conn = psycopg.connect(self.dsn, autocommit=True)
+        pid = conn.execute("select pg_backend_pid()").fetchone()[0]
+        conn.execute("set work_mem = '7MB'")
+        conn.execute("begin")
+        conn.execute("create temp table gone (x int)")
+        conn.close()
+        self.waitForQuery(pid, "ROLLBACK; RESET ROLE; RESET ALL")
+        with psycopg.connect(self.dsn) as conn2:
+            row = conn2.execute("select pg_backend_pid(), current_setting('work_mem')").fetchone()
+            tx = conn2.execute("select count(*) from pg_class where relname = 'gone'").fetchone()
+        self.assertEqual(row, (pid, "4MB"))
+        self.assertEqual(tx, (0,))
