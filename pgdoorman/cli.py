@@ -40,7 +40,10 @@ def _demo(port: int) -> int:
     from .service import make_service
 
     cluster = PostgresCluster()
-    print("pgdoorman demo: starting a throwaway PostgreSQL cluster ...", flush=True)
+    print(
+        f"pgdoorman demo: starting a throwaway PostgreSQL cluster (PostgreSQL data in {cluster.basedir})",
+        flush=True,
+    )
     try:
         cluster.start()
         cluster.create_user("demo", "demo", method="scram-sha-256")

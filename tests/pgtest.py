@@ -174,7 +174,7 @@ def pool_config(
     database: str = "app",
     server_database: str = "postgres",
     pool_mode: str = "session",
-    general: str = "",
+    general: str = 'query_wait_timeout = "5s"',
 ) -> str:
     """A pgdoorman TOML config in front of C{cluster}; C{users} is the users' TOML text
     (C{[[pools.app.users]]} tables), C{{port}} stays for L{PgdoormanProcess} to fill in."""
@@ -184,7 +184,6 @@ host = "127.0.0.1"
 port = {{port}}
 admin_username = "admin"
 admin_password = "admin-secret"
-query_wait_timeout = "5s"
 {general}
 
 [pools.{database}]

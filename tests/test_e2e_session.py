@@ -3,6 +3,7 @@ session mode against a real PostgreSQL."""
 
 import asyncio
 import re
+import socket
 import subprocess
 import time
 
@@ -13,6 +14,7 @@ from twisted.trial.unittest import TestCase
 from pgdoorman.protocol.auth import scram_verifier
 
 from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
+from .rawclient import RawClient
 
 USERS = f"""
 [[pools.app.users]]
@@ -140,3 +142,59 @@ class SessionModeTests(ClusterMixin, TestCase):
             tx = conn2.execute("select count(*) from pg_class where relname = 'gone'").fetchone()
         self.assertEqual(row, (pid, "4MB"))
         self.assertEqual(tx, (0,))
+
+
+class WaitTimeoutTests(ClusterMixin, TestCase):
+    """query_wait_timeout and connect_timeout, as a client sees them."""
+
+    hba_method = "trust"
+
+    def start(self, users: str, *, server_port: "int | None" = None, general: str = "") -> PgdoormanProcess:
+        """Start a session-mode pooler in front of the cluster (or another port)."""
+        config = pool_config(self.cluster, users, general=general)
+        if server_port is not None:
+            config = config.replace(f"server_port = {self.cluster.port}", f"server_port = {server_port}")
+        pooler = PgdoormanProcess(config, self.mktemp())
+        pooler.start()
+        self.addCleanup(pooler.stop)
+        return pooler
+
+    def test_query_wait_timeout(self):
+        """With the only server held, the next client gets 53300 after query_wait_timeout, and
+        the holder keeps working."""
+        pooler = self.start(
+            '[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = 1\n',
+            general='query_wait_timeout = "1s"',
+        )
+        holder = RawClient(pooler.port)
+        self.addCleanup(holder.close)
+        self.assertTrue(holder.login("postgres", "app", "pw").ok)
+        waiter = RawClient(pooler.port)
+        self.addCleanup(waiter.close)
+        started = time.monotonic()
+        result = waiter.login("postgres", "app", "pw")
+        waited = time.monotonic() - started
+        self.assertEqual(result.sqlstate, "53300", result.fields)
+        self.assertIn("query_wait_timeout", result.fields.get("D", ""))
+        self.assertGreaterEqual(waited, 0.9)
+        self.assertIn("D", [t for t, _ in holder.query("select 1")])
+
+    def test_connect_timeout(self):
+        """A PostgreSQL that accepts TCP but never answers: the client gets an error after
+        connect_timeout instead of hanging."""
+        silent = socket.socket()
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        self.addCleanup(silent.close)
+        users = '[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = 1\n'
+        pooler = self.start(
+            users,
+            server_port=silent.getsockname()[1],
+            general='connect_timeout = "1s"\nquery_wait_timeout = "10s"',
+        )
+        client = RawClient(pooler.port, timeout=30)
+        self.addCleanup(client.close)
+        started = time.monotonic()
+        result = client.login("postgres", "app", "pw")
+        self.assertLess(time.monotonic() - started, 10)
+        self.assertEqual(result.sqlstate, "08006", result.fields)
