@@ -144,8 +144,8 @@ class SessionModeTests(ClusterMixin, TestCase):
         self.assertEqual(tx, (0,))
 
 
-class WaitTimeoutTests(ClusterMixin, TestCase):
-    """query_wait_timeout and connect_timeout, as a client sees them."""
+class PoolSettingsTests(ClusterMixin, TestCase):
+    """query_wait_timeout, connect_timeout and unix-socket servers, as a client sees them."""
 
     hba_method = "trust"
 
@@ -198,3 +198,18 @@ class WaitTimeoutTests(ClusterMixin, TestCase):
         result = client.login("postgres", "app", "pw")
         self.assertLess(time.monotonic() - started, 10)
         self.assertEqual(result.sqlstate, "08006", result.fields)
+
+    def test_unix_socket_server(self):
+        """server_host may be PostgreSQL's unix socket directory."""
+        users = '[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = 1\n'
+        config = pool_config(self.cluster, users).replace(
+            'server_host = "127.0.0.1"', f'server_host = "{self.cluster.socket_dir}"'
+        )
+        pooler = PgdoormanProcess(config, self.mktemp())
+        pooler.start()
+        self.addCleanup(pooler.stop)
+        client = RawClient(pooler.port)
+        self.addCleanup(client.close)
+        self.assertTrue(client.login("postgres", "app", "pw").ok)
+        rows = [b for t, b in client.query("select inet_server_addr() is null") if t == "D"]
+        self.assertEqual(rows, [b"\x00\x01\x00\x00\x00\x01t"])
