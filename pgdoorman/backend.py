@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .auth import ServerCredentials
+from .fastwrite import eager_writer
 from .protocol import messages as m
 from .protocol.auth import (
     SCRAM_MECHANISM,
@@ -30,11 +31,13 @@ from .protocol.errors import AuthenticationFailed, ProtocolViolation
 from .protocol.framing import ALL_TYPES, Framer
 from .protocol.sql import quote_ident, quote_literal
 
-__all__ = ["OneServer", "PauseOnly", "ServerError", "ServerConnection", "connect_server", "server_endpoint"]
+__all__ = ["OneServer", "ServerError", "ServerConnection", "connect_server", "server_endpoint"]
 
 _Z, _C, _E, _S, _N, _A, _K, _R = (ord(c) for c in "ZCESNAKR")
 #: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters.
 _LINKED_WATCH = frozenset((_Z, _C, _E, _S))
+#: First four bytes of the CommandComplete tags that change session state.
+_TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
 
 
 class ServerError(Exception):
@@ -63,30 +66,6 @@ class ServerError(Exception):
 
 
 @implementer(IPushProducer)
-class PauseOnly:
-    """Lends a transport's pause/resume to its peer for flow control, but not its close.
-
-    A transport stops its producer when it disconnects; registering the peer transport
-    itself would let a client that leaves close the server it was using (and vice versa).
-    """
-
-    __slots__ = ("transport",)
-
-    def __init__(self, transport) -> None:
-        self.transport = transport
-
-    def pauseProducing(self) -> None:
-        """Stop reading from the peer."""
-        self.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        """Read from the peer again."""
-        self.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """Nothing: the peer's lifetime is not ours to end."""
-
-
 class ServerConnection(Protocol):
     """One connection to PostgreSQL.
 
@@ -96,6 +75,10 @@ class ServerConnection(Protocol):
     @ivar pending: requests (Query, Sync, FunctionCall) forwarded but not yet answered by
         ReadyForQuery; maintained by the linked client and this connection.
     @ivar on_lost: called with this connection when it closes while not linked.
+    @ivar fatal_forwarded: the linked client already got PostgreSQL's FATAL error.
+    @ivar out_paused: our transport's send buffer is full: the linked client's reads are
+        paused until it drains. This connection is its transport's producer for its whole
+        life, so linking a client costs no producer registration.
     """
 
     log = Logger()
@@ -118,6 +101,9 @@ class ServerConnection(Protocol):
         self.at_ready = False
         self.client = None
         self.on_lost = None
+        self.out_paused = False
+        self.fatal_forwarded = False
+        self.synced = None
         self.address = None
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
         self.created_at = clock.seconds()
@@ -136,6 +122,8 @@ class ServerConnection(Protocol):
 
     def connectionMade(self) -> None:
         """Send the StartupMessage."""
+        self.write = eager_writer(self.transport)
+        self.transport.registerProducer(self, True)
         self.transport.write(m.startup_message(self.startup))
 
     def dataReceived(self, data: bytes) -> None:
@@ -148,7 +136,7 @@ class ServerConnection(Protocol):
             events = self._framer.feed(data)
             if not events:
                 self.at_ready = False
-                client.transport.write(data)
+                client.write(data)
                 return
             self._linked(data, events, client)
         except ProtocolViolation as e:
@@ -189,7 +177,7 @@ class ServerConnection(Protocol):
                     self.pending -= 1
                 self.at_ready = end == n
                 if client.wants_release(self):
-                    client.transport.write(data if pos == 0 and end == n else data[pos:end])
+                    client.write(data if pos == 0 and end == n else data[pos:end])
                     self._framer.reset()
                     client.release_server()
                     if end < n:
@@ -202,15 +190,17 @@ class ServerConnection(Protocol):
             elif mtype == _E:
                 if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
-        client.transport.write(data if pos == 0 else data[pos:])
+                    self.fatal_forwarded = True
+        client.write(data if pos == 0 else data[pos:])
 
     def link(self, client) -> None:
         """Attach a client: from now on server bytes go to it, with flow control both ways."""
         self.client = client
-        self.last_used = self.clock.seconds()
         self._framer.watch = _LINKED_WATCH
-        self.transport.registerProducer(PauseOnly(client.transport), True)
-        client.transport.registerProducer(PauseOnly(self.transport), True)
+        if client.out_paused:
+            self.transport.pauseProducing()
+        if self.out_paused:
+            client.transport.pauseProducing()
 
     def unlink(self) -> None:
         """Detach the client; subsequent bytes are handled by the pooler itself."""
@@ -220,22 +210,43 @@ class ServerConnection(Protocol):
         self.client = None
         self.last_used = self.clock.seconds()
         self._framer.watch = ALL_TYPES
-        self.transport.unregisterProducer()
-        client.transport.unregisterProducer()
-        self.transport.resumeProducing()
-        client.transport.resumeProducing()
+        if client.out_paused:
+            self.transport.resumeProducing()
+        if self.out_paused:
+            client.transport.resumeProducing()
+
+    # -- IPushProducer, for our own transport's send buffer
+
+    def pauseProducing(self) -> None:
+        """Our send buffer is full: stop reading from the linked client."""
+        self.out_paused = True
+        if self.client is not None:
+            self.client.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Our send buffer drained: read from the linked client again."""
+        self.out_paused = False
+        if self.client is not None:
+            self.client.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Nothing: the transport is closing and will tell us through connectionLost."""
 
     # -- session state
 
     def _track_tag(self, body: bytes) -> None:
         # PgDoorman's classify_command_complete: only these tags change what checkin resets.
-        if body.startswith(b"SET"):
+        # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
+        head = body[:4]
+        if head not in _TRACKED_TAGS:
+            return
+        if head == b"SET\x00":
             self.dirty_set = True
-        elif body.startswith(b"DECLARE"):
+        elif head == b"DECL":
             self.dirty_cursor = True
-        elif body.startswith(b"PREPARE"):
+        elif head == b"PREP":
             self.dirty_prepare = True
-        elif body.startswith(b"RESET"):
+        elif head == b"RESE":
             self.dirty_set = False
         elif body.startswith(b"DEALLOCATE ALL"):
             self.dirty_prepare = False
@@ -248,6 +259,7 @@ class ServerConnection(Protocol):
         name, value = m.parse_parameter_status(body)
         self.params[name] = value
         self.applied.pop(name, None)
+        self.synced = None
 
     def needs_cleanup(self) -> bool:
         """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind."""
@@ -275,20 +287,26 @@ class ServerConnection(Protocol):
     def _cleaned(self, _) -> None:
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
         self.applied.clear()
+        self.synced = None
 
-    def sync_parameters(self, wanted: dict) -> "Deferred | None":
-        """SET the client's startup parameters that differ here; C{None} if nothing to do."""
+    def sync_parameters(self, wanted: frozenset) -> "Deferred | None":
+        """SET the client's parameters (name, value pairs) that differ here; C{None} if
+        nothing to do. The last set synced is remembered, so the usual case is one compare."""
+        if wanted == self.synced:
+            return None
         sets = []
-        for name, value in wanted.items():
+        for name, value in wanted:
             if self.applied.get(name) == value or self.params.get(name) == value:
                 continue
             sets.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
         if not sets:
+            self.synced = wanted
             return None
         d = self.run("; ".join(sets))
 
         def applied(_):
             self.applied.update(wanted)
+            self.synced = wanted
             return None
 
         return d.addCallback(applied)
@@ -312,6 +330,8 @@ class ServerConnection(Protocol):
             return
         self._closing = True
         self.transport.write(m.TERMINATE)
+        # A paused streaming producer would be resumed instead of the transport closing.
+        self.transport.unregisterProducer()
         self.transport.loseConnection()
 
     # -- login and pooler-originated queries

@@ -12,10 +12,13 @@ import os
 import secrets
 
 from twisted.internet.defer import CancelledError
+from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from .backend import ServerError
+from .fastwrite import eager_writer
 from .pool.pool import PoolClosed, PoolTimeout
 from .protocol import messages as m
 from .protocol.auth import SCRAM_MECHANISM, ScramServer, verify_md5
@@ -50,10 +53,15 @@ _HELD_CAP = 256 * 1024
 STARTUP, AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL, LOGIN, IDLE, WAITING, LINKED, CLOSED = range(9)
 
 
+@implementer(IPushProducer)
 class ClientConnection(Protocol):
     """One application connection.
 
     @ivar server: the leased L{pgdoorman.backend.ServerConnection}, or C{None}.
+    @ivar wanted: the client's session parameters as a frozenset of (name, value) pairs,
+        replayed with SET on each server it lands on.
+    @ivar out_paused: our transport's send buffer is full: the linked server's reads are
+        paused until it drains (we are our transport's producer for our whole life).
     """
 
     log = Logger()
@@ -68,7 +76,8 @@ class ClientConnection(Protocol):
         self.user = None
         self.database = None
         self.transaction_mode = False
-        self.wanted: dict = {}
+        self.wanted: frozenset = frozenset()
+        self.out_paused = False
         self._startup = StartupReader()
         self._framer = Framer(ALL_TYPES)
         self._lease = None
@@ -89,6 +98,8 @@ class ClientConnection(Protocol):
     def connectionMade(self) -> None:
         """Refuse the connection if max_connections is reached."""
         self.peer = self.transport.getPeer()
+        self.write = eager_writer(self.transport)
+        self.transport.registerProducer(self, True)
         if hasattr(self.transport, "setTcpNoDelay"):
             self.transport.setTcpNoDelay(True)
             self.transport.setTcpKeepAlive(True)
@@ -104,7 +115,7 @@ class ClientConnection(Protocol):
                     data = self._client_events(data, events)
                     if not data:
                         return
-                self.server.transport.write(data)
+                self.server.write(data)
                 return
             if self.phase == STARTUP:
                 self._startup_phase(data)
@@ -147,13 +158,22 @@ class ClientConnection(Protocol):
         """Send a FATAL ErrorResponse and close."""
         self.send_error(m.error_response(sqlstate, text, "FATAL", detail))
 
+    def close(self) -> None:
+        """Close once what was written has been sent.
+
+        Our producer registration is dropped first: a transport with a paused streaming
+        producer resumes it instead of closing once its buffer drains.
+        """
+        self.transport.unregisterProducer()
+        self.transport.loseConnection()
+
     def send_error(self, error: bytes) -> None:
         """Send an encoded ErrorResponse and close."""
         if self.phase == CLOSED:
             return
         self.phase = CLOSED
         self.transport.write(error)
-        self.transport.loseConnection()
+        self.close()
 
     # -- startup and authentication
 
@@ -174,7 +194,7 @@ class ClientConnection(Protocol):
             elif isinstance(event, CancelRequest):
                 self.phase = CLOSED
                 self.factory.cancel(event.pid, event.key)
-                self.transport.loseConnection()
+                self.close()
             elif isinstance(event, StartupMessage):
                 self._login(event, reader.take_pending())
 
@@ -186,9 +206,9 @@ class ClientConnection(Protocol):
             self.transport.write(
                 m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")])
             )
-        self.wanted = {
-            k: v for k, v in params.items() if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
-        }
+        self.wanted = frozenset(
+            (k, v) for k, v in params.items() if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
+        )
         registry = self.factory.registry
         if registry.config.pools.get(self.database) is None:
             self.fatal(SQLSTATE.INVALID_CATALOG_NAME, f'database "{self.database}" does not exist')
@@ -294,9 +314,9 @@ class ClientConnection(Protocol):
         if server is not None:
             self._leased(server, then)
             return
-        self._lease = self.pool.lease()
-        self._lease.addCallbacks(self._leased, self._lease_failed, callbackArgs=(then,))
-        self._lease.addErrback(self._unexpected)
+        d = self._lease = self.pool.lease()
+        d.addCallbacks(self._leased, self._lease_failed, callbackArgs=(then,))
+        d.addErrback(self._unexpected)
 
     def _leased(self, server, then) -> None:
         self._lease = None
@@ -378,7 +398,7 @@ class ClientConnection(Protocol):
             self._paused = False
             self.transport.resumeProducing()
         if held:
-            server.transport.write(held[0] if len(held) == 1 else b"".join(held))
+            server.write(held[0] if len(held) == 1 else b"".join(held))
 
     def _client_events(self, data: bytes, events: list) -> bytes:
         """Account for requests in C{data}; return what should go on (all of it, or up to X)."""
@@ -393,13 +413,28 @@ class ClientConnection(Protocol):
             elif mtype == _X:
                 # Terminate is ours to act on: the server stays open for the next client.
                 self.phase = CLOSED
-                self.transport.loseConnection()
+                self.close()
                 return data[: end - 5]
             elif mtype in _BATCH:
                 self._unsynced = True
         return data
 
     # -- called by the linked server
+
+    def pauseProducing(self) -> None:
+        """Our send buffer is full: stop reading from the linked server."""
+        self.out_paused = True
+        if self.server is not None:
+            self.server.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Our send buffer drained: read from the linked server again."""
+        self.out_paused = False
+        if self.server is not None:
+            self.server.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Nothing: the transport is closing and will tell us through connectionLost."""
 
     def wants_release(self, server) -> bool:
         """True if, at this ReadyForQuery, the server should go back to the pool."""
@@ -423,11 +458,11 @@ class ClientConnection(Protocol):
         """The linked server closed: tell the client (unless the server already did) and close."""
         self.server = None
         self.pool.discard(server)
-        if server.usable:
+        if not server.fatal_forwarded:
             self.fatal(SQLSTATE.CONNECTION_FAILURE, "server closed the connection unexpectedly")
         else:
             self.phase = CLOSED
-            self.transport.loseConnection()
+            self.close()
 
 
 class ClientFactory(Factory):
