@@ -1,0 +1,105 @@
+"""Micro-benchmark and profile of pgdoorman's own per-transaction code, without sockets.
+
+One client and one server, wired through a real pool in transaction mode, with transports
+that discard what is written. Each iteration is one pgbench -S style transaction: the client's
+Query arrives, the server is leased and linked, the server's answer (RowDescription, DataRow,
+CommandComplete, ReadyForQuery I) arrives and is forwarded, and the server is released.
+This is the pooler's Python cost per transaction on top of the reactor and the kernel.
+
+    python bench/hotpath.py                 # time per transaction
+    python bench/hotpath.py --profile N     # cProfile, top N functions by own time
+"""
+
+import argparse
+import cProfile
+import pstats
+import sys
+import time
+
+from twisted.internet.defer import succeed
+from twisted.internet.task import Clock
+from twisted.internet.testing import StringTransport
+
+from pgdoorman.auth import ServerCredentials
+from pgdoorman.backend import ServerConnection
+from pgdoorman.config import loads
+from pgdoorman.frontend import IDLE, ClientFactory
+from pgdoorman.pool.registry import PoolRegistry
+from pgdoorman.protocol import messages as m
+
+CONFIG = """
+[general]
+admin_username = "admin"
+admin_password = "x"
+[pools.bench]
+pool_mode = "transaction"
+[[pools.bench.users]]
+username = "bench"
+password = "bench"
+pool_size = 1
+"""
+
+QUERY = m.query("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;")
+ANSWER = (
+    m.row_description([("abalance", 23)])
+    + m.data_row(["0"])
+    + m.command_complete("SELECT 1")
+    + m.READY_IDLE
+)
+
+
+class NullTransport(StringTransport):
+    """A transport that forgets what is written."""
+
+    def write(self, data: bytes) -> None:
+        """Discard."""
+
+
+def build():
+    """An idle client in transaction mode and an idle server in its pool: (client, server)."""
+    clock = Clock()
+    server = ServerConnection(credentials=ServerCredentials("bench"), startup={}, clock=clock)
+    server.makeConnection(NullTransport())
+    server._logged_in = True
+    registry = PoolRegistry(loads(CONFIG), connect=lambda *a: succeed(server), clock=clock)
+    factory = ClientFactory(registry, canceller=lambda s: None)
+    client = factory.buildProtocol(None)
+    client.makeConnection(NullTransport())
+    client.user = client.database = "bench"
+    client.pool_config, client.user_config = registry.user("bench", "bench")
+    client.transaction_mode = True
+    client._authenticated()
+    assert client.phase == IDLE and server.pool_state == "idle", (client.phase, server.pool_state)
+    return client, server
+
+
+def run(client, server, n: int) -> None:
+    """N transactions."""
+    for _ in range(n):
+        client.dataReceived(QUERY)
+        server.dataReceived(ANSWER)
+
+
+def main() -> int:
+    """Time or profile the per-transaction path."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, default=200_000, help="transactions (default 200000)")
+    parser.add_argument("--profile", type=int, metavar="N", help="print a cProfile of the top N")
+    args = parser.parse_args()
+    client, server = build()
+    run(client, server, 1000)
+    assert server.client is None and server.pool_state == "idle", "the transaction did not complete"
+    if args.profile:
+        profile = cProfile.Profile()
+        profile.runcall(run, client, server, args.n)
+        pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
+        return 0
+    started = time.perf_counter()
+    run(client, server, args.n)
+    elapsed = time.perf_counter() - started
+    print(f"{elapsed / args.n * 1e6:.2f} us per transaction ({args.n} transactions)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
