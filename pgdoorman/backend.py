@@ -31,11 +31,32 @@ from .protocol.errors import AuthenticationFailed, ProtocolViolation
 from .protocol.framing import ALL_TYPES, Framer
 from .protocol.sql import quote_ident, quote_literal
 
-__all__ = ["OneServer", "ServerError", "ServerConnection", "connect_server", "server_endpoint"]
+__all__ = [
+    "OneServer",
+    "TRACKED_PARAMETERS",
+    "ServerError",
+    "ServerConnection",
+    "connect_server",
+    "server_endpoint",
+]
 
-_Z, _C, _E, _S, _N, _A, _K, _R = (ord(c) for c in "ZCESNAKR")
-#: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters.
-_LINKED_WATCH = frozenset((_Z, _C, _E, _S))
+_Z, _C, _E, _S, _N, _A, _K, _R, _G = (ord(c) for c in "ZCESNAKRG")
+#: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters,
+#: CopyInResponse (the client owes CopyDone/CopyFail even if the server gives up first).
+_LINKED_WATCH = frozenset((_Z, _C, _E, _S, _G))
+
+#: ParameterStatus values a client's SET changes are carried to its next servers
+#: (PgDoorman's sync_server_parameters list).
+TRACKED_PARAMETERS = frozenset(
+    (
+        "client_encoding",
+        "DateStyle",
+        "IntervalStyle",
+        "TimeZone",
+        "standard_conforming_strings",
+        "application_name",
+    )
+)
 #: First four bytes of the CommandComplete tags that change session state.
 _TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
 
@@ -186,7 +207,11 @@ class ServerConnection(Protocol):
             elif mtype == _C:
                 self._track_tag(body)
             elif mtype == _S:
-                self._parameter(body)
+                name, value = self._parameter(body)
+                if name in TRACKED_PARAMETERS:
+                    client.parameter_changed(name, value)
+            elif mtype == _G:
+                client.copy_in = True
             elif mtype == _E:
                 if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
@@ -255,11 +280,12 @@ class ServerConnection(Protocol):
         elif body.startswith(b"DISCARD ALL"):
             self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
 
-    def _parameter(self, body: bytes) -> None:
+    def _parameter(self, body: bytes) -> tuple:
         name, value = m.parse_parameter_status(body)
         self.params[name] = value
         self.applied.pop(name, None)
         self.synced = None
+        return name, value
 
     def needs_cleanup(self) -> bool:
         """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind."""
@@ -310,6 +336,10 @@ class ServerConnection(Protocol):
             return None
 
         return d.addCallback(applied)
+
+    def probe(self) -> Deferred:
+        """PgDoorman's liveness check before handing out a long-idle server: an empty query."""
+        return self.run(";")
 
     def run(self, sql: str) -> Deferred:
         """Run a simple query while not linked; fires when ReadyForQuery arrives.

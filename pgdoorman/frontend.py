@@ -17,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from .backend import ServerError
+from .backend import TRACKED_PARAMETERS, ServerError
 from .fastwrite import eager_writer
 from .pool.pool import PoolClosed, PoolTimeout
 from .protocol import messages as m
@@ -35,7 +35,7 @@ from .protocol.startup import (
 
 __all__ = ["ClientConnection", "ClientFactory"]
 
-_Q, _S, _F, _X, _P, _COPY_DATA = (ord(c) for c in "QSFXpd")
+_Q, _S, _F, _X, _P, _COPY_DATA, _COPY_DONE, _COPY_FAIL = (ord(c) for c in "QSFXpdcf")
 #: Requests that each get exactly one ReadyForQuery back.
 _REQUESTS = frozenset((_Q, _S, _F))
 #: Extended-protocol messages that are part of a batch until the next Sync.
@@ -46,6 +46,9 @@ _CLIENT_WATCH = frozenset((_X,))
 
 #: Startup parameters that are not GUCs and must never be replayed with SET.
 _NOT_SETTABLE = frozenset(("user", "database", "replication", "options"))
+#: Startup parameter names as ParameterStatus spells them, so a later SET of the same
+#: parameter replaces the startup value instead of sitting beside it.
+_CANONICAL = {name.lower(): name for name in TRACKED_PARAMETERS}
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 _HELD_CAP = 256 * 1024
@@ -78,6 +81,7 @@ class ClientConnection(Protocol):
         self.transaction_mode = False
         self.wanted: frozenset = frozenset()
         self.out_paused = False
+        self.copy_in = False
         self._startup = StartupReader()
         self._framer = Framer(ALL_TYPES)
         self._lease = None
@@ -207,7 +211,9 @@ class ClientConnection(Protocol):
                 m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")])
             )
         self.wanted = frozenset(
-            (k, v) for k, v in params.items() if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
+            (_CANONICAL.get(k.lower(), k), v)
+            for k, v in params.items()
+            if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
         )
         registry = self.factory.registry
         if registry.config.pools.get(self.database) is None:
@@ -417,6 +423,8 @@ class ClientConnection(Protocol):
                 return data[: end - 5]
             elif mtype in _BATCH:
                 self._unsynced = True
+            elif mtype == _COPY_DONE or mtype == _COPY_FAIL:
+                self.copy_in = False
         return data
 
     # -- called by the linked server
@@ -443,8 +451,15 @@ class ClientConnection(Protocol):
             and server.tx_status == b"I"
             and server.pending == 0
             and not self._unsynced
+            and not self.copy_in
             and self._framer.at_boundary
         )
+
+    def parameter_changed(self, name: str, value: str) -> None:
+        """The client changed a tracked parameter (its SET was reported): carry it along."""
+        wanted = dict(self.wanted)
+        wanted[name] = value
+        self.wanted = frozenset(wanted.items())
 
     def release_server(self) -> None:
         """Unlink the server and return it to the pool."""

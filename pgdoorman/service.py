@@ -1,7 +1,7 @@
 # -*- test-case-name: tests.test_service -*-
 """Builds the service tree of a running pgdoorman from a config."""
 
-from twisted.application.internet import StreamServerEndpointService
+from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 
@@ -49,6 +49,10 @@ def make_service(config, reactor) -> MultiService:
     registry = PoolRegistry(config, connect=_connector(reactor), clock=reactor)
     registry.setName("pools")
     registry.setServiceParent(top)
+    janitor = TimerService(config.general.retain_connections_time / 1000.0, registry.maintain)
+    janitor.clock = reactor
+    janitor.setName("janitor")
+    janitor.setServiceParent(top)
     factory = ClientFactory(registry, canceller=lambda server: cancel_query(reactor, server))
     general = config.general
     backlog = general.backlog or min(general.max_connections, 65535)

@@ -169,6 +169,31 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.server_transport.value(), m.query("RESET ROLE; RESET ALL"))
         self.assertEqual(self.server.pool_state, "used")
 
+    def test_copy_error_before_copy_done_keeps_the_server(self):
+        """The server gives up on a COPY FROM STDIN early (error, ReadyForQuery I): the client
+        still owes CopyDone, so the server stays linked until the client has sent it."""
+        self.client.dataReceived(m.query("copy t from stdin"))
+        self.answer(m.message(b"G", b"\x00\x00\x00"))
+        self.client.dataReceived(m.message(b"d", b"1\n"))
+        self.answer(m.error_response("22P02", "bad input") + m.READY_IDLE)
+        self.assertEqual(self.server.pool_state, "active")
+        self.client.dataReceived(m.message(b"d", b"2\n") + m.message(b"c"))
+        self.client.dataReceived(m.query("select 1"))
+        self.answer(ANSWER)
+        self.assertEqual(self.server.pool_state, "idle")
+
+    def test_reported_parameter_follows_the_client(self):
+        """A client's SET TimeZone, reported by ParameterStatus, is replayed on its next
+        server when that server's value differs."""
+        self.client.dataReceived(m.query("set timezone = 'Asia/Tokyo'"))
+        self.answer(m.parameter_status("TimeZone", "Asia/Tokyo") + m.command_complete("SET") + m.READY_IDLE)
+        self.assertIn(("TimeZone", "Asia/Tokyo"), self.client.wanted)
+        self.answer(m.parameter_status("TimeZone", "UTC") + m.command_complete("RESET") + m.READY_IDLE)
+        self.assertEqual(self.server.pool_state, "idle")
+        self.server_transport.clear()
+        self.client.dataReceived(m.query("select now()"))
+        self.assertEqual(self.server_transport.value(), m.query("SET \"TimeZone\" = 'Asia/Tokyo'"))
+
     def test_slow_client_pauses_the_server(self):
         """While the client's send buffer is full, the linked server is not read."""
         self.client.dataReceived(m.query("select 1"))

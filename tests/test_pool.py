@@ -28,7 +28,10 @@ class FakeServer:
         self.on_lost = None
         self.dirty = False
         self.cleanups: list[Deferred] = []
+        self.probes: list[Deferred] = []
         self.closes = 0
+        self.created_at = 0.0
+        self.last_used = 0.0
 
     def __repr__(self) -> str:
         return f"<FakeServer #{self.id} {self.pool_state}>"
@@ -41,6 +44,12 @@ class FakeServer:
         """A Deferred the test fires; the server is clean once it succeeds."""
         d: Deferred = Deferred()
         self.cleanups.append(d)
+        return d
+
+    def probe(self) -> Deferred:
+        """A Deferred the test fires: the liveness check's answer."""
+        d: Deferred = Deferred()
+        self.probes.append(d)
         return d
 
     def close(self) -> None:
@@ -84,7 +93,9 @@ class FakeConnector:
 class PoolTestMixin:
     """Builds a pool on a fake connector and clock, and checks its bookkeeping."""
 
-    def make_pool(self, size: int = 2, query_wait_timeout: float = 0, round_robin: bool = False) -> Pool:
+    def make_pool(
+        self, size: int = 2, query_wait_timeout: float = 0, round_robin: bool = False, **upkeep
+    ) -> Pool:
         """A pool for C{("db", "bob")} on C{self.connector} and C{self.clock}."""
         self.clock = Clock()
         self.connector = FakeConnector()
@@ -95,6 +106,7 @@ class PoolTestMixin:
             clock=self.clock,
             query_wait_timeout=query_wait_timeout,
             round_robin=round_robin,
+            **upkeep,
         )
         return self.pool
 
@@ -700,3 +712,108 @@ class RandomOperationsTests(PoolTestMixin, SynchronousTestCase):
         """
         for seed in range(60):
             self.run_sequence(seed)
+
+
+class UpkeepTests(PoolTestMixin, SynchronousTestCase):
+    """The janitor's pass (maintain) and the liveness probe of long-idle servers."""
+
+    def idle_servers(self, count: int) -> list:
+        """C{count} servers leased once and returned, now idle."""
+        servers = [self.lease_server() for _ in range(count)]
+        for server in servers:
+            server.last_used = self.clock.seconds()
+            self.pool.release(server)
+        return servers
+
+    def test_idle_timeout_closes_used_servers_only(self):
+        """idle_timeout (with +-20 % jitter) closes idle servers that served a client; a
+        prewarmed server that never did is left alone."""
+        pool = self.make_pool(size=3, idle_timeout=100)
+        used = self.idle_servers(2)
+        pool.min_size = 3
+        pool.maintain()
+        fresh = self.connector.succeed()
+        pool.min_size = 0
+        self.clock.advance(79)
+        self.assertEqual(pool.maintain(), 0)
+        self.clock.advance(42)
+        self.assertEqual(pool.maintain(), 2)
+        self.assertEqual([s.pool_state for s in used], ["closed", "closed"])
+        self.assertEqual(fresh.pool_state, "idle")
+
+    def test_lifetime_closes_even_unused_servers(self):
+        """server_lifetime applies to every idle server, used or not, after 80-120 %."""
+        pool = self.make_pool(size=2, lifetime=100, min_size=2)
+        pool.maintain()
+        servers = [self.connector.succeed(), self.connector.succeed()]
+        pool.min_size = 0
+        self.clock.advance(79)
+        self.assertEqual(pool.maintain(), 0)
+        self.clock.advance(42)
+        self.assertEqual(pool.maintain(), 2)
+        self.assertTrue(all(s.closes == 1 for s in servers))
+
+    def test_active_servers_are_never_closed(self):
+        """A server in use outlives its lifetime until it is back in the pool."""
+        pool = self.make_pool(size=1, lifetime=10)
+        server = self.lease_server()
+        self.clock.advance(100)
+        self.assertEqual(pool.maintain(), 0)
+        self.assertEqual(server.pool_state, "active")
+        pool.release(server)
+        self.assertEqual(pool.maintain(), 1)
+
+    def test_limit(self):
+        """At most C{limit} servers are closed in one pass (retain_connections_max)."""
+        pool = self.make_pool(size=3, idle_timeout=1)
+        self.idle_servers(3)
+        self.clock.advance(10)
+        self.assertEqual(pool.maintain(1), 1)
+        self.assertEqual(pool.maintain(0), 0)
+        self.assertEqual(pool.maintain(None), 2)
+
+    def test_min_size_prewarm_and_replenish(self):
+        """maintain opens servers up to min_size, counting ones still connecting."""
+        pool = self.make_pool(size=5, min_size=2)
+        pool.maintain()
+        self.assertEqual(self.connector.calls, 2)
+        pool.maintain()
+        self.assertEqual(self.connector.calls, 2)
+        server = self.connector.succeed()
+        self.connector.succeed()
+        self.assertEqual(server.pool_state, "idle")
+        server.die()
+        pool.maintain()
+        self.assertEqual(self.connector.calls, 3)
+
+    def test_long_idle_server_is_probed(self):
+        """A server idle past check_timeout is probed before the client gets it."""
+        pool = self.make_pool(size=1, check_timeout=60)
+        (server,) = self.idle_servers(1)
+        self.clock.advance(61)
+        self.assertIsNone(pool.try_lease())
+        d = pool.lease()
+        self.assertNoResult(d)
+        self.assertEqual(len(server.probes), 1)
+        self.assertEqual(self.connector.calls, 1, "no extra connect while probing")
+        server.probes[0].callback(server)
+        self.assertIs(self.successResultOf(d), server)
+
+    def test_dead_server_found_by_probe_is_replaced(self):
+        """A probe that fails discards the server and opens a new one for the client."""
+        pool = self.make_pool(size=1, check_timeout=60)
+        (server,) = self.idle_servers(1)
+        self.clock.advance(61)
+        d = pool.lease()
+        server.probes[0].errback(ConnectionError("gone"))
+        self.assertEqual(server.pool_state, "closed")
+        replacement = self.connector.succeed()
+        self.assertIs(self.successResultOf(d), replacement)
+
+    def test_recent_server_is_not_probed(self):
+        """A server used within check_timeout is handed out at once."""
+        pool = self.make_pool(size=1, check_timeout=60)
+        (server,) = self.idle_servers(1)
+        self.clock.advance(30)
+        self.assertIs(pool.try_lease(), server)
+        self.assertEqual(server.probes, [])

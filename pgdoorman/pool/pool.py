@@ -5,11 +5,13 @@ The pool knows nothing about transports. A server is any object with the attribu
 methods of L{IPoolServer}; the pool moves it between states and hands it to clients.
 """
 
+import random
 from collections import deque
 from typing import Callable, Protocol
 
 from twisted.internet.defer import Deferred, TimeoutError, succeed
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 __all__ = ["IPoolServer", "Pool", "PoolTimeout", "PoolClosed"]
 
@@ -32,6 +34,9 @@ class IPoolServer(Protocol):
 
     pool_state: str
     usable: bool
+    #: clock times of the login and of the last release.
+    created_at: float
+    last_used: float
     #: set by the pool: called with the server when it closes while not leased.
     on_lost: Callable
 
@@ -40,6 +45,9 @@ class IPoolServer(Protocol):
 
     def cleanup(self) -> Deferred:
         """Reset session state (ROLLBACK, RESET ALL, ...); fires when the server is reusable."""
+
+    def probe(self) -> Deferred:
+        """Check the connection is alive (PgDoorman sends C{;}); fires when it answered."""
 
     def close(self) -> None:
         """Close the connection."""
@@ -55,6 +63,14 @@ class Pool:
     @param query_wait_timeout: seconds a client may wait for a server; 0 waits forever.
     @param round_robin: hand out the least recently used idle server instead of the most
         recently used one (C{server_round_robin}).
+    @param idle_timeout: seconds after which an idle server that served at least one client
+        is closed by L{maintain}; 0 never.
+    @param lifetime: seconds after which an idle server is closed by L{maintain}; 0 never.
+        Both get +-20 % jitter per server so that servers opened together do not all close
+        together.
+    @param min_size: servers L{maintain} keeps open (C{min_pool_size}).
+    @param check_timeout: servers idle longer than this are probed before a client gets
+        them (C{server_idle_check_timeout}); 0 never.
     """
 
     log = Logger()
@@ -68,8 +84,16 @@ class Pool:
         clock,
         query_wait_timeout: float,
         round_robin: bool = False,
+        idle_timeout: float = 0,
+        lifetime: float = 0,
+        min_size: int = 0,
+        check_timeout: float = 0,
     ) -> None:
         self.name = name
+        self.idle_timeout = idle_timeout
+        self.lifetime = lifetime
+        self.min_size = min_size
+        self.check_timeout = check_timeout
         self.size = size
         self.connector = connector
         self.clock = clock
@@ -79,6 +103,7 @@ class Pool:
         self.active: set = set()
         self.used: set = set()
         self.connecting = 0
+        self.probing = 0
         self.waiters: deque = deque()
         self.closed = False
 
@@ -96,9 +121,11 @@ class Pool:
     def try_lease(self):
         """Return an idle server, now active, or C{None}: the no-Deferred fast path."""
         if self.idle and not self.waiters:
-            server = self.idle.popleft() if self.round_robin else self.idle.pop()
-            server.pool_state = None
+            server = self.idle[0] if self.round_robin else self.idle[-1]
+            if self.check_timeout and self.clock.seconds() - server.last_used > self.check_timeout:
+                return None
             self._move(server, ACTIVE)
+            server.checkouts += 1
             return server
         return None
 
@@ -118,8 +145,29 @@ class Pool:
         if self.query_wait_timeout > 0:
             d.addTimeout(self.query_wait_timeout, self.clock)
             d.addErrback(_timeout_to_pool_timeout)
+        self._probe_idle()
         self._grow()
         return d
+
+    def _probe_idle(self) -> None:
+        """Give idle servers to waiters, probing those idle past check_timeout first."""
+        now = self.clock.seconds()
+        while self.idle and len(self.waiters) > self.probing:
+            server = self.idle[0] if self.round_robin else self.idle[-1]
+            if not self.check_timeout or now - server.last_used <= self.check_timeout:
+                self._checkin(server)
+                continue
+            self._move(server, USED)
+            self.probing += 1
+            d = server.probe()
+            d.addBoth(self._probed, server)
+
+    def _probed(self, result, server) -> None:
+        self.probing -= 1
+        if isinstance(result, Failure):
+            self.discard(server)
+        else:
+            self._cleaned(server)
 
     def release(self, server) -> None:
         """Take back a server from a client; clean it up first if it needs it."""
@@ -158,15 +206,22 @@ class Pool:
     def _checkin(self, server) -> None:
         if self.waiters:
             self._move(server, ACTIVE)
+            server.checkouts += 1
             self.waiters.popleft().callback(server)
         else:
             self._move(server, IDLE)
 
     def _move(self, server, state: str) -> None:
         """The single place where a server changes state (pgbouncer's change_server_state)."""
-        old = getattr(server, "pool_state", None)
+        old = server.pool_state
         if old == IDLE:
-            self.idle.remove(server)
+            # Leases take from the ends; only upkeep removes from the middle.
+            if self.idle[-1] is server:
+                self.idle.pop()
+            elif self.idle[0] is server:
+                self.idle.popleft()
+            else:
+                self.idle.remove(server)
         elif old == ACTIVE:
             self.active.discard(server)
         elif old == USED:
@@ -179,6 +234,24 @@ class Pool:
         elif state == USED:
             self.used.add(server)
 
+    def maintain(self, limit: "int | None" = None) -> int:
+        """Close idle servers past idle_timeout or lifetime (at most C{limit}; C{None}: no
+        limit), then open servers up to min_size. Returns how many were closed."""
+        now = self.clock.seconds()
+        closed = 0
+        for server in list(self.idle):
+            if limit is not None and closed >= limit:
+                break
+            jitter = server.jitter
+            if (self.lifetime and now - server.created_at > self.lifetime * jitter) or (
+                self.idle_timeout and server.checkouts and now - server.last_used > self.idle_timeout * jitter
+            ):
+                self.discard(server)
+                closed += 1
+        while not self.closed and self.total < self.min_size:
+            self._connect()
+        return closed
+
     def _forget_waiter(self, d: Deferred) -> None:
         try:
             self.waiters.remove(d)
@@ -186,7 +259,9 @@ class Pool:
             pass
 
     def _grow(self) -> None:
-        while not self.closed and len(self.waiters) > self.connecting and self.total < self.size:
+        while (
+            not self.closed and len(self.waiters) > self.connecting + self.probing and self.total < self.size
+        ):
             self._connect()
 
     def _connect(self) -> None:
@@ -203,6 +278,8 @@ class Pool:
             return
         server.pool_state = None
         server.on_lost = self.discard
+        server.checkouts = 0
+        server.jitter = random.uniform(0.8, 1.2)
         self._checkin(server)
 
     def _connect_failed(self, failure) -> None:

@@ -74,8 +74,30 @@ class PoolRegistry(Service):
                 clock=self.clock,
                 query_wait_timeout=general.query_wait_timeout / 1000.0,
                 round_robin=general.server_round_robin,
+                idle_timeout=pool_config.idle_timeout / 1000.0,
+                lifetime=user_config.server_lifetime / 1000.0,
+                min_size=user_config.min_pool_size,
+                check_timeout=general.server_idle_check_timeout / 1000.0,
             )
         return pool
+
+    def maintain(self) -> None:
+        """One janitor pass over every pool (PgDoorman's retain task): close idle servers past
+        idle_timeout or server_lifetime, at most retain_connections_max in all, and open
+        servers up to each user's min_pool_size."""
+        remaining = self.config.general.retain_connections_max or None
+        for pool in list(self.pools.values()):
+            closed = pool.maintain(remaining)
+            if remaining is not None:
+                remaining -= closed
+
+    def startService(self) -> None:
+        """Create the pools of users with a min_pool_size, so the janitor prewarms them."""
+        super().startService()
+        for pool_config in self.config.pools.values():
+            for user in pool_config.users:
+                if user.min_pool_size:
+                    self.pool(pool_config.name, user.username)
 
     def stopService(self):
         """Close every pool: idle servers now, leased ones as they come back."""
