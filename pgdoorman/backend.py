@@ -9,10 +9,9 @@ chunk it receives untouched and watches only a handful of message types.
 import itertools
 import os
 
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -37,7 +36,7 @@ __all__ = [
     "ServerError",
     "ServerConnection",
     "connect_server",
-    "server_endpoint",
+    "connect_to",
 ]
 
 _Z, _C, _E, _S, _N, _A, _K, _R, _G = (ord(c) for c in "ZCESNAKRG")
@@ -126,6 +125,7 @@ class ServerConnection(Protocol):
         self.fatal_forwarded = False
         self.synced = None
         self.address = None
+        self.connector = None
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
         self.created_at = clock.seconds()
         self.last_used = self.created_at
@@ -143,6 +143,9 @@ class ServerConnection(Protocol):
 
     def connectionMade(self) -> None:
         """Send the StartupMessage."""
+        if hasattr(self.transport, "setTcpNoDelay"):
+            self.transport.setTcpNoDelay(True)
+            self.transport.setTcpKeepAlive(True)
         self.write = eager_writer(self.transport)
         self.transport.registerProducer(self, True)
         self.transport.write(m.startup_message(self.startup))
@@ -307,35 +310,46 @@ class ServerConnection(Protocol):
         if self.dirty_cursor:
             parts.append("CLOSE ALL")
         d = self.run("; ".join(parts))
-        d.addCallback(self._cleaned)
+        d.addCallback(self._cleaned, reset_all=self.dirty_set)
         return d
 
-    def _cleaned(self, _) -> None:
+    def _cleaned(self, _, reset_all: bool) -> None:
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
-        self.applied.clear()
-        self.synced = None
+        if reset_all:
+            # Parameters set for clients are gone too; ParameterStatus already reported
+            # the reported ones.
+            self.applied = {}
+            self.synced = None
 
     def sync_parameters(self, wanted: frozenset) -> "Deferred | None":
-        """SET the client's parameters (name, value pairs) that differ here; C{None} if
-        nothing to do. The last set synced is remembered, so the usual case is one compare."""
+        """Make this server's session parameters the client's: SET those (name, value) pairs
+        that differ here, RESET those set for an earlier client that this one did not ask
+        for. C{None} if nothing to do; the last set synced is remembered, so the usual case
+        is one comparison."""
         if wanted == self.synced:
             return None
-        sets = []
+        applied = self.applied
+        statements = []
+        keep = {}
         for name, value in wanted:
-            if self.applied.get(name) == value or self.params.get(name) == value:
+            if applied.get(name) == value or (name not in applied and self.params.get(name) == value):
+                if name in applied:
+                    keep[name] = value
                 continue
-            sets.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
-        if not sets:
+            statements.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
+            keep[name] = value
+        statements += [f"RESET {quote_ident(name)}" for name in applied if name not in keep]
+        if not statements:
             self.synced = wanted
             return None
-        d = self.run("; ".join(sets))
+        d = self.run("; ".join(statements))
 
-        def applied(_):
-            self.applied.update(wanted)
+        def synced(_):
+            self.applied = keep
             self.synced = wanted
             return None
 
-        return d.addCallback(applied)
+        return d.addCallback(synced)
 
     def probe(self) -> Deferred:
         """PgDoorman's liveness check before handing out a long-idle server: an empty query."""
@@ -463,13 +477,21 @@ class ServerConnection(Protocol):
             self.ready.errback(error)
         self.close()
 
+    def connect_failed(self, reason: Failure) -> None:
+        """The TCP or unix-socket connection could not be made."""
+        if not self.ready.called:
+            self.ready.errback(reason)
+
     def _cancel_login(self, d: Deferred) -> None:
         if self.transport is not None:
             self.transport.abortConnection()
+        elif self.connector is not None:
+            self.connector.stopConnecting()
 
 
-class OneServer(Factory):
-    """Hands the endpoint one prepared protocol, quietly: servers come and go all day."""
+class OneServer(ClientFactory):
+    """Hands the reactor one prepared protocol, quietly (servers come and go all day), and
+    tells it if the connection could not be made."""
 
     noisy = False
 
@@ -480,12 +502,23 @@ class OneServer(Factory):
         """The protocol given at construction."""
         return self.proto
 
+    def clientConnectionFailed(self, connector, reason: Failure) -> None:
+        """Pass the failure to the protocol's C{connect_failed}, if it has one."""
+        failed = getattr(self.proto, "connect_failed", None)
+        if failed is not None:
+            failed(reason)
 
-def server_endpoint(reactor, host: str, port: int, timeout: float):
-    """An endpoint for C{host}: a unix socket directory if it starts with '/', else TCP."""
+
+def connect_to(reactor, host: str, port: int, timeout: float, factory: ClientFactory):
+    """Connect C{factory} to PostgreSQL at C{host}: a unix socket directory if it starts
+    with '/', else a TCP host. Returns the connector.
+
+    Plain C{connectTCP}/C{connectUNIX}, not endpoints: an endpoint wraps the protocol in one
+    more layer that every received chunk would pass through.
+    """
     if host.startswith("/"):
-        return endpoints.UNIXClientEndpoint(reactor, os.path.join(host, f".s.PGSQL.{port}"), timeout=timeout)
-    return endpoints.HostnameEndpoint(reactor, host, port, timeout=timeout)
+        return reactor.connectUNIX(os.path.join(host, f".s.PGSQL.{port}"), factory, timeout=timeout or 30)
+    return reactor.connectTCP(host, port, factory, timeout=timeout or 30)
 
 
 def connect_server(
@@ -494,19 +527,12 @@ def connect_server(
     """Open and log in a L{ServerConnection}; fires with it, or fails with L{ServerError}."""
     proto = ServerConnection(credentials=credentials, startup=startup, clock=reactor)
     proto.address = (host, port, timeout)
-    d = server_endpoint(reactor, host, port, timeout).connect(OneServer(proto))
-    d.addCallback(_after_connect)
+    proto.connector = connect_to(reactor, host, port, timeout, OneServer(proto))
+    d = proto.ready
     if timeout > 0:
         d.addTimeout(timeout, reactor)
     d.addErrback(_as_server_error, host, port)
     return d
-
-
-def _after_connect(proto: ServerConnection) -> Deferred:
-    if hasattr(proto.transport, "setTcpNoDelay"):
-        proto.transport.setTcpNoDelay(True)
-        proto.transport.setTcpKeepAlive(True)
-    return proto.ready
 
 
 def _as_server_error(failure: Failure, host: str, port: int):

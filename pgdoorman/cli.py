@@ -32,6 +32,9 @@ def _run(path: str) -> int:
 
 
 def _demo(port: int) -> int:
+    from .tap import install_default_reactor
+
+    install_default_reactor()
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 

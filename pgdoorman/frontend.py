@@ -11,7 +11,6 @@ the client sent has been answered.
 import os
 import secrets
 
-from twisted.internet.defer import CancelledError
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
@@ -84,7 +83,9 @@ class ClientConnection(Protocol):
         self.copy_in = False
         self._startup = StartupReader()
         self._framer = Framer(ALL_TYPES)
-        self._lease = None
+        self._waiting = False
+        self._then = None
+        self.deadline = None
         self._held: list = []
         self._held_bytes = 0
         self._held_requests = 0
@@ -141,9 +142,9 @@ class ClientConnection(Protocol):
     def connectionLost(self, reason=None) -> None:
         """Give the server back (or drop it if mid-request) and forget this client."""
         phase, self.phase = self.phase, CLOSED
-        if self._lease is not None:
-            lease, self._lease = self._lease, None
-            lease.cancel()
+        if self._waiting:
+            self._waiting = False
+            self.pool.cancel_wait(self)
         server = self.server
         if server is not None:
             self.server = None
@@ -320,12 +321,25 @@ class ClientConnection(Protocol):
         if server is not None:
             self._leased(server, then)
             return
-        d = self._lease = self.pool.lease()
-        d.addCallbacks(self._leased, self._lease_failed, callbackArgs=(then,))
-        d.addErrback(self._unexpected)
+        self._then = then
+        self._waiting = True
+        self.pool.wait(self)
+
+    def granted(self, server) -> None:
+        """The pool leased us a server (L{pgdoorman.pool.pool.IWaiter})."""
+        self._waiting = False
+        try:
+            self._leased(server, self._then)
+        except Exception:
+            self.log.failure("client {client!r}: unexpected error", client=self)
+            self.fatal(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler")
+
+    def refused(self, reason: Exception) -> None:
+        """The pool gave up on us (L{pgdoorman.pool.pool.IWaiter})."""
+        self._waiting = False
+        self._lease_failed(reason)
 
     def _leased(self, server, then) -> None:
-        self._lease = None
         if self.phase == CLOSED:
             self.pool.release(server)
             return
@@ -354,23 +368,22 @@ class ClientConnection(Protocol):
             self.phase = LINKED
             self._flush_held()
 
-    def _lease_failed(self, failure) -> None:
-        self._lease = None
-        if failure.check(CancelledError) or self.phase == CLOSED:
+    def _lease_failed(self, reason: Exception) -> None:
+        if self.phase == CLOSED:
             return
-        if failure.check(PoolTimeout):
+        if isinstance(reason, PoolTimeout):
             db, user = self.pool.name
             self.fatal(
                 SQLSTATE.TOO_MANY_CONNECTIONS,
                 f"Could not get a database connection from the pool for database {db}, user {user}",
                 "Timeout occurred while waiting free connection from pool (query_wait_timeout)",
             )
-        elif failure.check(ServerError):
-            self.send_error(failure.value.to_message())
-        elif failure.check(PoolClosed):
+        elif isinstance(reason, ServerError):
+            self.send_error(reason.to_message())
+        elif isinstance(reason, PoolClosed):
             self.fatal(SQLSTATE.ADMIN_SHUTDOWN, "terminating connection due to pooler shutdown")
         else:
-            self.log.failure("client {client!r}: lease failed", failure, client=self)
+            self.log.error("client {client!r}: lease failed: {reason!r}", client=self, reason=reason)
             self.fatal(SQLSTATE.CONNECTION_FAILURE, "could not get a server connection")
 
     def _unexpected(self, failure) -> None:

@@ -2,12 +2,13 @@
 """The twistd plugin's options and service maker: C{twistd -n pgdoorman --config FILE}."""
 
 import os
+import sys
 
 from twisted.python import usage
 
 from .config import ConfigError, load
 
-__all__ = ["Options", "makeService", "DEFAULT_CONFIG"]
+__all__ = ["Options", "makeService", "DEFAULT_CONFIG", "install_default_reactor"]
 
 #: PgDoorman's default: C{pg_doorman.toml} in the working directory, or $CONFIG_FILE.
 DEFAULT_CONFIG = "pg_doorman.toml"
@@ -35,9 +36,21 @@ class Options(usage.Options):
 
 
 def makeService(options: Options):
-    """Build the service tree on the global reactor (imported here, never at module level)."""
+    """Build the service tree on the global reactor (imported here, never at module level).
+
+    Unless C{twistd --reactor} chose one, pgdoorman's own epoll reactor is installed.
+    """
+    install_default_reactor()
     from twisted.internet import reactor
 
     from .service import make_service
 
     return make_service(options.loaded, reactor)
+
+
+def install_default_reactor() -> None:
+    """Install L{pgdoorman.reactor.PoolerReactor} if no reactor is installed yet."""
+    if "twisted.internet.reactor" not in sys.modules:
+        from .reactor import install
+
+        install()

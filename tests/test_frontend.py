@@ -194,6 +194,21 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.client.dataReceived(m.query("select now()"))
         self.assertEqual(self.server_transport.value(), m.query("SET \"TimeZone\" = 'Asia/Tokyo'"))
 
+    def test_parameters_set_for_one_client_are_reset_for_the_next(self):
+        """A parameter the pooler SET for one client is RESET before a client that did not
+        ask for it uses the server, even when no RESET ALL ran in between."""
+        self.client.wanted = frozenset({("TimeZone", "Asia/Tokyo")})
+        self.client.dataReceived(m.query("prepare p as select 1"))
+        self.assertEqual(self.server_transport.value(), m.query("SET \"TimeZone\" = 'Asia/Tokyo'"))
+        self.answer(m.parameter_status("TimeZone", "Asia/Tokyo") + m.command_complete("SET") + m.READY_IDLE)
+        self.answer(m.command_complete("PREPARE") + m.READY_IDLE)
+        self.assertEqual(self.server.pool_state, "used")
+        self.answer(m.command_complete("DEALLOCATE ALL") + m.READY_IDLE)
+        self.assertEqual(self.server.pool_state, "idle")
+        self.server_transport.clear()
+        self.newClient()
+        self.assertEqual(self.server_transport.value(), m.query('RESET "TimeZone"'))
+
     def test_slow_client_pauses_the_server(self):
         """While the client's send buffer is full, the linked server is not read."""
         self.client.dataReceived(m.query("select 1"))

@@ -9,11 +9,11 @@ import random
 from collections import deque
 from typing import Callable, Protocol
 
-from twisted.internet.defer import Deferred, TimeoutError, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-__all__ = ["IPoolServer", "Pool", "PoolTimeout", "PoolClosed"]
+__all__ = ["IPoolServer", "IWaiter", "Pool", "PoolTimeout", "PoolClosed"]
 
 IDLE = "idle"
 ACTIVE = "active"
@@ -27,6 +27,19 @@ class PoolTimeout(Exception):
 
 class PoolClosed(Exception):
     """The pool was shut down while the client waited."""
+
+
+class IWaiter(Protocol):
+    """What the pool needs from a client waiting for a server."""
+
+    #: set by the pool: the clock time the wait expires, or C{None}.
+    deadline: "float | None"
+
+    def granted(self, server) -> None:
+        """The server is now leased to this waiter."""
+
+    def refused(self, reason: Exception) -> None:
+        """No server: L{PoolTimeout}, L{PoolClosed}, or the error opening one."""
 
 
 class IPoolServer(Protocol):
@@ -105,6 +118,7 @@ class Pool:
         self.connecting = 0
         self.probing = 0
         self.waiters: deque = deque()
+        self._expiry = None
         self.closed = False
 
     def __repr__(self) -> str:
@@ -140,14 +154,37 @@ class Pool:
         server = self.try_lease()
         if server is not None:
             return succeed(server)
-        d = Deferred(canceller=self._forget_waiter)
-        self.waiters.append(d)
+        d = _DeferredWaiter(self)
+        self.wait(d)
+        return d
+
+    def wait(self, waiter) -> None:
+        """Queue C{waiter} (an L{IWaiter}) for the next free server, FIFO.
+
+        The per-transaction path of a busy pool: no Deferred, and one timer per pool for
+        all the waiters' timeouts.
+        """
+        if self.closed:
+            waiter.refused(PoolClosed("pool is shut down"))
+            return
+        self.waiters.append(waiter)
         if self.query_wait_timeout > 0:
-            d.addTimeout(self.query_wait_timeout, self.clock)
-            d.addErrback(_timeout_to_pool_timeout)
+            waiter.deadline = self.clock.seconds() + self.query_wait_timeout
+            if self._expiry is None:
+                self._expiry = self.clock.callLater(self.query_wait_timeout, self._expire)
+        else:
+            waiter.deadline = None
         self._probe_idle()
         self._grow()
-        return d
+
+    def cancel_wait(self, waiter) -> None:
+        """Take C{waiter} out of the queue (its client left); nothing if it is not queued."""
+        try:
+            self.waiters.remove(waiter)
+        except ValueError:
+            pass
+        if not self.waiters:
+            self._stop_expiry()
 
     def _probe_idle(self) -> None:
         """Give idle servers to waiters, probing those idle past check_timeout first."""
@@ -191,8 +228,9 @@ class Pool:
     def close(self) -> None:
         """Close every idle server, fail the waiters, and discard servers as they return."""
         self.closed = True
+        self._stop_expiry()
         while self.waiters:
-            self.waiters.popleft().errback(PoolClosed("pool is shut down"))
+            self.waiters.popleft().refused(PoolClosed("pool is shut down"))
         for server in list(self.idle):
             self.discard(server)
 
@@ -207,7 +245,10 @@ class Pool:
         if self.waiters:
             self._move(server, ACTIVE)
             server.checkouts += 1
-            self.waiters.popleft().callback(server)
+            waiter = self.waiters.popleft()
+            if not self.waiters:
+                self._stop_expiry()
+            waiter.granted(server)
         else:
             self._move(server, IDLE)
 
@@ -252,11 +293,21 @@ class Pool:
             self._connect()
         return closed
 
-    def _forget_waiter(self, d: Deferred) -> None:
-        try:
-            self.waiters.remove(d)
-        except ValueError:
-            pass
+    def _expire(self) -> None:
+        """Fail the waiters past query_wait_timeout. Waiters are FIFO with one timeout, so
+        their deadlines are in order: one timer, for the oldest, serves them all."""
+        self._expiry = None
+        now = self.clock.seconds()
+        waiters = self.waiters
+        while waiters and waiters[0].deadline is not None and waiters[0].deadline <= now:
+            waiters.popleft().refused(PoolTimeout("timeout while waiting for a server"))
+        if waiters and waiters[0].deadline is not None:
+            self._expiry = self.clock.callLater(waiters[0].deadline - now, self._expire)
+
+    def _stop_expiry(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
 
     def _grow(self) -> None:
         while (
@@ -286,7 +337,10 @@ class Pool:
         self.connecting -= 1
         # Fail the oldest waiter fast with the real reason instead of letting it time out.
         if self.waiters:
-            self.waiters.popleft().errback(failure)
+            waiter = self.waiters.popleft()
+            if not self.waiters:
+                self._stop_expiry()
+            waiter.refused(failure.value)
         self._grow()
 
 
@@ -296,6 +350,19 @@ def _fail(exc: Exception) -> Deferred:
     return d
 
 
-def _timeout_to_pool_timeout(failure):
-    failure.trap(TimeoutError)
-    raise PoolTimeout("timeout while waiting for a server")
+class _DeferredWaiter(Deferred):
+    """The waiter behind L{Pool.lease}: a Deferred that cancels by leaving the queue."""
+
+    __slots__ = ("deadline",)
+
+    def __init__(self, pool: Pool) -> None:
+        super().__init__(lambda d: pool.cancel_wait(d))
+        self.deadline = None
+
+    def granted(self, server) -> None:
+        """Fire with the server."""
+        self.callback(server)
+
+    def refused(self, reason: Exception) -> None:
+        """Fail with the reason."""
+        self.errback(reason)
