@@ -213,3 +213,43 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         self.assertTrue(client.login("postgres", "app", "pw").ok)
         rows = [b for t, b in client.query("select inet_server_addr() is null") if t == "D"]
         self.assertEqual(rows, [b"\x00\x01\x00\x00\x00\x01t"])
+
+    def backends(self, role: str = "postgres") -> int:
+        """PostgreSQL sessions opened by the pooler (application_name pgdoorman or a client's)."""
+        return int(
+            self.cluster.sql(
+                "select count(*) from pg_stat_activity where backend_type = 'client backend'"
+                f" and usename = '{role}' and pid <> pg_backend_pid()"
+            )
+        )
+
+    def waitForBackends(self, expected: int, role: str = "postgres") -> None:
+        """Wait (at most 15 s) until the role has C{expected} sessions."""
+        deadline = time.monotonic() + 15
+        while self.backends(role) != expected:
+            self.assertLess(time.monotonic(), deadline, f"{self.backends(role)} backends, expected {expected}")
+            time.sleep(0.1)
+
+    def test_janitor_min_pool_size_and_idle_timeout(self):
+        """min_pool_size servers are opened with no client at all; servers above it that
+        served a client close after idle_timeout (janitor every retain_connections_time)."""
+        self.cluster.create_user("janitor", "pw", superuser=False)
+        users = (
+            '[[pools.app.users]]\nusername = "janitor"\npassword = "pw"\npool_size = 4\nmin_pool_size = 1\n'
+        )
+        general = 'idle_timeout = "1s"\nretain_connections_time = "200ms"\nretain_connections_max = 0'
+        pooler = PgdoormanProcess(
+            pool_config(self.cluster, users, pool_mode="transaction", general=general), self.mktemp()
+        )
+        pooler.start()
+        self.addCleanup(pooler.stop)
+        self.waitForBackends(1, "janitor")
+        clients = [RawClient(pooler.port) for _ in range(3)]
+        for client in clients:
+            self.addCleanup(client.close)
+            self.assertTrue(client.login("janitor", "app", "pw").ok)
+            client.query("begin")
+        self.waitForBackends(3, "janitor")
+        for client in clients:
+            client.query("commit")
+        self.waitForBackends(1, "janitor")

@@ -253,3 +253,30 @@ class SessionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertTrue(self.client.transport.disconnecting)
         self.client.connectionLost(None)
         self.assertEqual(self.server.pool_state, "idle")
+
+
+class MaxConnectionsTests(SynchronousTestCase):
+    """max_connections refuses further clients with PgDoorman's 53300."""
+
+    def test_too_many_clients(self):
+        """The client over the limit gets FATAL 53300 "sorry, too many clients already"."""
+        config = loads(
+            CONFIG.format(mode="transaction").replace(
+                'admin_password = "x"', 'admin_password = "x"\nmax_connections = 1'
+            )
+        )
+        factory = ClientFactory(PoolRegistry(config, connect=None, clock=Clock()), canceller=None)
+        first = factory.buildProtocol(None)
+        first.makeConnection(StringTransport())
+        second = factory.buildProtocol(None)
+        second.makeConnection(StringTransport())
+        self.assertEqual(first.transport.value(), b"")
+        (error,) = _messages(second.transport.value())
+        self.assertIn(b"C53300\x00", error[1])
+        self.assertIn(b"sorry, too many clients already", error[1])
+        self.assertTrue(second.transport.disconnecting)
+        second.connectionLost(None)
+        first.connectionLost(None)
+        third = factory.buildProtocol(None)
+        third.makeConnection(StringTransport())
+        self.assertEqual(third.transport.value(), b"")
