@@ -12,12 +12,12 @@ import os
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
-from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from .auth import ServerCredentials
 from .fastwrite import eager_writer
+from .loglevel import logger
 from .protocol import messages as m
 from .protocol.auth import (
     SCRAM_MECHANISM,
@@ -101,7 +101,7 @@ class ServerConnection(Protocol):
         life, so linking a client costs no producer registration.
     """
 
-    log = Logger()
+    log = logger()
     _ids = itertools.count(1)
 
     def __init__(self, *, credentials: ServerCredentials, startup: dict, clock) -> None:
@@ -123,6 +123,11 @@ class ServerConnection(Protocol):
         self.on_lost = None
         self.out_paused = False
         self.fatal_forwarded = False
+        self.xact_count = 0
+        self.query_count = 0
+        self.bytes_received = 0
+        self.bytes_sent = 0
+        self.query_started = self.xact_started = 0.0
         self.synced = None
         self.address = None
         self.connector = None
@@ -153,10 +158,12 @@ class ServerConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         """Forward to the linked client, or run the login and internal-query conversations."""
         client = self.client
+        self.bytes_received += len(data)
         try:
             if client is None:
                 self._unlinked(data)
                 return
+            client.pool.stats.sent += len(data)
             events = self._framer.feed(data)
             if not events:
                 self.at_ready = False
@@ -199,6 +206,8 @@ class ServerConnection(Protocol):
                 self.tx_status = body
                 if self.pending:
                     self.pending -= 1
+                    if not self.pending:
+                        client.transaction_done(self, False)
                 self.at_ready = end == n
                 if client.wants_release(self):
                     client.write(data if pos == 0 and end == n else data[pos:end])
@@ -216,6 +225,8 @@ class ServerConnection(Protocol):
             elif mtype == _G:
                 client.copy_in = True
             elif mtype == _E:
+                client.error_count += 1
+                client.pool.stats.errors += 1
                 if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
                     self.fatal_forwarded = True

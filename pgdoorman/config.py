@@ -35,6 +35,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "General",
+    "ManholeConfig",
     "PoolConfig",
     "TalosConfig",
     "UserConfig",
@@ -519,6 +520,56 @@ class TalosConfig:
 
 
 @frozen(kw_only=True)
+class ManholeConfig:
+    """
+    The top-level C{[manhole]} section: an SSH Python shell into the running process.
+
+    pgdoorman's own section (PgDoorman has none).  Paths are resolved against
+    the configuration file's directory.
+
+    @ivar listen: a Twisted server endpoint string; loopback by default.
+    @ivar authorized_keys: an OpenSSH C{authorized_keys} file whose keys log in
+        as C{username}, or C{None}.
+    @ivar passwd: a C{user:password} file (plaintext passwords), or C{None}.
+    @ivar host_key: the SSH host private key file, or C{None} to generate an
+        RSA key in memory at start.
+    @ivar username: the only user C{authorized_keys} logins are accepted for.
+    """
+
+    listen: str = _key(_nonempty, "tcp:6022:interface=127.0.0.1")
+    authorized_keys: str | None = _key(_nonempty, None)
+    passwd: str | None = _key(_nonempty, None)
+    host_key: str | None = _key(_nonempty, None)
+    username: str = _key(_nonempty, "admin")
+
+
+def _loopback_only(listen: str) -> bool:
+    """
+    Whether the server endpoint string C{listen} certainly stays on this host.
+
+    True for C{unix:} and for C{tcp:}/C{tcp6:}/C{ssl:} bound to a loopback
+    address or C{localhost}; anything else (no interface, another address,
+    C{systemd:} and other types we cannot inspect) is False.
+    """
+    kind, *args = [part.replace("\\:", ":") for part in re.split(r"(?<!\\):", listen)]
+    kind = kind.lower()
+    if kind == "unix":
+        return True
+    if kind not in ("tcp", "tcp6", "ssl"):
+        return False
+    positional = [arg for arg in args if "=" not in arg]
+    named = dict(arg.split("=", 1) for arg in args if "=" in arg)
+    # Only tcp: takes the interface as its second positional argument.
+    interface = named.get("interface", positional[1] if kind == "tcp" and len(positional) > 1 else "")
+    if interface.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(interface).is_loopback
+    except ValueError:
+        return False
+
+
+@frozen(kw_only=True)
 class Config:
     """
     A whole loaded configuration.
@@ -534,6 +585,8 @@ class Config:
     pools: Mapping[str, PoolConfig]
     web: WebConfig = WebConfig()
     talos: TalosConfig = TalosConfig()
+    #: The C{[manhole]} section, or C{None} when the file has none.
+    manhole: ManholeConfig | None = None
     warnings: tuple[str, ...] = ()
 
     def user(self, database: str, username: str) -> tuple[PoolConfig, UserConfig] | None:
@@ -547,7 +600,7 @@ class Config:
 
 
 _DEPRECATED = {"client_prepared_statements_cache_size": "client_anonymous_prepared_cache_size"}
-_SECTIONS = ("general", "pools", "web", "prometheus", "talos", "include")
+_SECTIONS = ("general", "pools", "web", "prometheus", "talos", "manhole", "include")
 
 
 def _read_text(path: str) -> str:
@@ -676,6 +729,7 @@ class _Loader:
         pools = self.table(doc["pools"], "pools")
         if not pools:
             self.fail("pools", "at least one pool is required")
+        manhole = self.manhole(self.table(doc["manhole"], "manhole")) if "manhole" in doc else None
         return Config(
             path=self.path,
             general=general,
@@ -687,6 +741,7 @@ class _Loader:
                     for name, t in pools.items()
                 }
             ),
+            manhole=manhole,
             warnings=tuple(self.warnings),
         )
 
@@ -731,6 +786,19 @@ class _Loader:
             self.fail("general.tls_ca_cert", "required when tls_mode is 'verify-full'")
         self.server_tls(general, "general")
         return general
+
+    def manhole(self, table: dict[str, Any]) -> ManholeConfig:
+        """Build L{ManholeConfig}: paths made relative to the config file, loopback checked."""
+        values = self.section(ManholeConfig, table, "manhole")
+        if "authorized_keys" not in values and "passwd" not in values:
+            self.fail("manhole", "set authorized_keys or passwd")
+        for name in ("authorized_keys", "passwd", "host_key"):
+            if name in values:
+                values[name] = os.path.join(os.path.dirname(self.path), values[name])
+        manhole = ManholeConfig(**values)
+        if not _loopback_only(manhole.listen):
+            self.warn("manhole.listen", "the manhole listens beyond loopback")
+        return manhole
 
     def pg_hba(self, value: Any) -> str:
         """Rules text from a string, C{{content = ...}} or C{{path = ...}} (relative to the config file)."""

@@ -13,14 +13,15 @@ import secrets
 
 from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
 from zope.interface import implementer
 
+from .admin import ADMIN_DATABASES
 from .backend import TRACKED_PARAMETERS, ServerError
 from .fastwrite import eager_writer
+from .loglevel import logger
 from .pool.pool import PoolClosed, PoolTimeout
 from .protocol import messages as m
-from .protocol.auth import SCRAM_MECHANISM, ScramServer, verify_md5
+from .protocol.auth import SCRAM_MECHANISM, ScramServer, md5_hash, verify_md5
 from .protocol.constants import SQLSTATE
 from .protocol.errors import AuthenticationFailed, ProtocolViolation
 from .protocol.framing import ALL_TYPES, Framer
@@ -52,7 +53,24 @@ _CANONICAL = {name.lower(): name for name in TRACKED_PARAMETERS}
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 _HELD_CAP = 256 * 1024
 
-STARTUP, AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL, LOGIN, IDLE, WAITING, LINKED, CLOSED = range(9)
+STARTUP, AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(10)
+
+#: SHOW CLIENTS state of each phase.
+_STATES = {IDLE: "idle", LINKED: "active", ADMIN: "active", WAITING: "waiting", LOGIN: "waiting"}
+
+#: What the admin console reports about itself at login, like PgBouncer's.
+_ADMIN_PARAMETERS = b"".join(
+    m.parameter_status(k, v)
+    for k, v in (
+        ("server_version", "15.0 (pgdoorman)"),
+        ("server_encoding", "UTF8"),
+        ("client_encoding", "UTF8"),
+        ("DateStyle", "ISO, MDY"),
+        ("integer_datetimes", "on"),
+        ("standard_conforming_strings", "on"),
+        ("application_name", ""),
+    )
+)
 
 
 @implementer(IPushProducer)
@@ -66,7 +84,7 @@ class ClientConnection(Protocol):
         paused until it drains (we are our transport's producer for our whole life).
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, factory: "ClientFactory") -> None:
         self.factory = factory
@@ -81,6 +99,14 @@ class ClientConnection(Protocol):
         self.wanted: frozenset = frozenset()
         self.out_paused = False
         self.copy_in = False
+        self.clock = factory.registry.clock
+        self.connected_at = self.clock.seconds()
+        self.xact_count = 0
+        self.query_count = 0
+        self.error_count = 0
+        self.since = self.connected_at
+        self.admin = False
+        self._md5 = ""
         self._startup = StartupReader()
         self._framer = Framer(ALL_TYPES)
         self._waiting = False
@@ -97,6 +123,11 @@ class ClientConnection(Protocol):
 
     def __repr__(self) -> str:
         return f"<ClientConnection #{self.id} {self.user}@{self.database}>"
+
+    @property
+    def state(self) -> str:
+        """SHOW CLIENTS state: idle, active or waiting."""
+        return _STATES.get(self.phase, "login")
 
     # -- Twisted callbacks
 
@@ -120,7 +151,11 @@ class ClientConnection(Protocol):
                     data = self._client_events(data, events)
                     if not data:
                         return
-                self.server.write(data)
+                server = self.server
+                n = len(data)
+                self.pool.stats.received += n
+                server.bytes_sent += n
+                server.write(data)
                 return
             if self.phase == STARTUP:
                 self._startup_phase(data)
@@ -128,6 +163,8 @@ class ClientConnection(Protocol):
                 self._hold(data)
             elif self.phase == LOGIN:
                 self._held.append(data)
+            elif self.phase == ADMIN:
+                self._admin_phase(data)
             elif self.phase == CLOSED:
                 return
             else:
@@ -197,10 +234,12 @@ class ClientConnection(Protocol):
                     )
                 self.transport.write(b"N")
             elif isinstance(event, CancelRequest):
+                self.factory.counts["cancel"] += 1
                 self.phase = CLOSED
                 self.factory.cancel(event.pid, event.key)
                 self.close()
             elif isinstance(event, StartupMessage):
+                self.factory.counts["plain"] += 1
                 self._login(event, reader.take_pending())
 
     def _login(self, event: StartupMessage, rest: bytes) -> None:
@@ -217,6 +256,19 @@ class ClientConnection(Protocol):
             if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
         )
         registry = self.factory.registry
+        if self.database in ADMIN_DATABASES:
+            general = registry.config.general
+            if self.user != general.admin_username:
+                self._auth_failed()
+                return
+            self.admin = True
+            self._md5 = md5_hash(general.admin_username, general.admin_password)
+            self._salt = os.urandom(4)
+            self.phase = AUTH_MD5
+            self.transport.write(m.auth_md5(self._salt))
+            if rest:
+                self._auth_phase(rest)
+            return
         if registry.config.pools.get(self.database) is None:
             self.fatal(SQLSTATE.INVALID_CATALOG_NAME, f'database "{self.database}" does not exist')
             return
@@ -228,6 +280,7 @@ class ClientConnection(Protocol):
         self.transaction_mode = self.user_config.pool_mode == "transaction"
         kind = self.user_config.password_kind
         if kind == "md5":
+            self._md5 = self.user_config.password
             self._salt = os.urandom(4)
             self.phase = AUTH_MD5
             self.transport.write(m.auth_md5(self._salt))
@@ -261,7 +314,7 @@ class ClientConnection(Protocol):
 
     def _password_message(self, body: bytes) -> None:
         if self.phase == AUTH_MD5:
-            if not verify_md5(self.user_config.password, self._salt, m.parse_password_message(body)):
+            if not verify_md5(self._md5, self._salt, m.parse_password_message(body)):
                 raise AuthenticationFailed("md5 mismatch")
             self._authenticated()
         elif self.phase == AUTH_SASL_FIRST:
@@ -278,11 +331,43 @@ class ClientConnection(Protocol):
             self.transport.write(m.auth_sasl_final(final))
             self._authenticated()
 
+    def _admin_phase(self, data: bytes) -> None:
+        """The admin console speaks the simple query protocol only. Extended-protocol
+        messages get one error, then are skipped up to Sync, as PostgreSQL skips after an
+        error, so the connection stays usable."""
+        for mtype, body, _ in self._framer.feed(data):
+            if self.phase != ADMIN:
+                return
+            if mtype == _Q:
+                sql = body[:-1].decode("utf-8", "replace") if body.endswith(b"\x00") else ""
+                self.write(self.factory.console.execute(sql))
+            elif mtype == _X:
+                self.phase = CLOSED
+                self.close()
+            elif mtype == _S:
+                self._admin_skip = False
+                self.write(m.READY_IDLE)
+            elif not self._admin_skip:
+                self._admin_skip = True
+                self.write(
+                    m.error_response(
+                        SQLSTATE.FEATURE_NOT_SUPPORTED,
+                        "the admin console supports only the simple query protocol",
+                    )
+                )
+
     def _auth_failed(self) -> None:
         self.factory.count_login_failure()
         self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
 
     def _authenticated(self) -> None:
+        if self.admin:
+            self.phase = ADMIN
+            self.transport.write(
+                m.AUTH_OK + _ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE
+            )
+            self._admin_skip = False
+            return
         self.phase = LOGIN
         self.transport.write(m.AUTH_OK)
         self.pool = self.factory.registry.pool(self.database, self.user)
@@ -317,6 +402,9 @@ class ClientConnection(Protocol):
 
     def _acquire(self, then) -> None:
         """Lease a server, bring its parameters in line with ours, link it, then call C{then}."""
+        if self.pool.closed:
+            # RELOAD replaced this pool; new leases go to its successor.
+            self.pool = self.factory.registry.pool(self.database, self.user)
         server = self.pool.try_lease()
         if server is not None:
             self._leased(server, then)
@@ -340,6 +428,8 @@ class ClientConnection(Protocol):
         self._lease_failed(reason)
 
     def _leased(self, server, then) -> None:
+        # A waiter moved to a new pool by RELOAD gets that pool's server.
+        self.pool = server.home
         if self.phase == CLOSED:
             self.pool.release(server)
             return
@@ -409,15 +499,30 @@ class ClientConnection(Protocol):
 
     def _flush_held(self) -> None:
         held, self._held = self._held, []
-        self._held_bytes = 0
         server = self.server
-        server.pending += self._held_requests
-        self._held_requests = 0
+        if self._held_requests:
+            self._requests(server, self._held_requests)
+            self._held_requests = 0
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
         if held:
+            self.pool.stats.received += self._held_bytes
+            server.bytes_sent += self._held_bytes
             server.write(held[0] if len(held) == 1 else b"".join(held))
+        self._held_bytes = 0
+
+    def _requests(self, server, count: int) -> None:
+        """C{count} requests go to C{server}: start the query (and transaction) clocks if it
+        was waiting for none, and count them."""
+        if not server.pending:
+            server.query_started = now = self.clock.seconds()
+            if server.tx_status == b"I":
+                server.xact_started = now
+        server.pending += count
+        server.query_count += count
+        self.query_count += count
+        self.pool.stats.query_count += count
 
     def _client_events(self, data: bytes, events: list) -> bytes:
         """Account for requests in C{data}; return what should go on (all of it, or up to X)."""
@@ -426,7 +531,7 @@ class ClientConnection(Protocol):
             if mtype in _REQUESTS:
                 self._unsynced = False
                 if server is not None:
-                    server.pending += 1
+                    self._requests(server, 1)
                 else:
                     self._held_requests += 1
             elif mtype == _X:
@@ -474,6 +579,22 @@ class ClientConnection(Protocol):
         wanted[name] = value
         self.wanted = frozenset(wanted.items())
 
+    def transaction_done(self, server, error: bool) -> None:
+        """The server answered the last pending request (error: with an ErrorResponse);
+        at ReadyForQuery I that ends a transaction."""
+        now = self.clock.seconds()
+        stats = self.pool.stats
+        elapsed = now - server.query_started
+        stats.query_time += elapsed
+        stats.query_times.append(elapsed)
+        if server.tx_status == b"I":
+            elapsed = now - server.xact_started
+            stats.xact_count += 1
+            stats.xact_time += elapsed
+            stats.xact_times.append(elapsed)
+            self.xact_count += 1
+            server.xact_count += 1
+
     def release_server(self) -> None:
         """Unlink the server and return it to the pool."""
         server = self.server
@@ -498,9 +619,12 @@ class ClientFactory(Factory):
 
     @param registry: the L{pgdoorman.pool.registry.PoolRegistry}.
     @param canceller: called with a server connection whose running query to cancel.
+    @ivar console: the L{pgdoorman.admin.AdminConsole} serving the admin database.
+    @ivar counts: connections accepted (C{total}), that sent a StartupMessage (C{plain}) or
+        a CancelRequest (C{cancel}), for SHOW CONNECTIONS.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, registry, canceller) -> None:
         self.registry = registry
@@ -508,6 +632,8 @@ class ClientFactory(Factory):
         self.clients: set = set()
         self.by_key: dict = {}
         self.login_failures = 0
+        self.counts = {"total": 0, "plain": 0, "cancel": 0}
+        self.console = None
         self._next_id = 0
 
     @property
@@ -531,6 +657,7 @@ class ClientFactory(Factory):
 
     def admit(self, client: ClientConnection) -> bool:
         """Count a new client; False if max_connections is reached."""
+        self.counts["total"] += 1
         if len(self.clients) >= self.registry.config.general.max_connections:
             return False
         self.clients.add(client)

@@ -1,16 +1,24 @@
 # -*- test-case-name: tests.test_service -*-
 """Builds the service tree of a running pgdoorman from a config."""
 
+import signal
+
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 
+from .admin import AdminConsole, Controls
 from .backend import connect_server
 from .cancel import cancel_query
+from .config import ConfigError, load
 from .frontend import ClientFactory
+from .loglevel import get_log_level, logger, set_log_level
 from .pool.registry import PoolRegistry
 
-__all__ = ["make_service", "DEFAULT_APPLICATION_NAME"]
+__all__ = ["make_service", "listen_endpoint", "Lifecycle", "DEFAULT_APPLICATION_NAME", "STATS_PERIOD"]
+
+#: Seconds over which SHOW STATS averages are computed (PgBouncer's stats_period).
+STATS_PERIOD = 15.0
 
 #: application_name of server connections when the pool sets none.
 DEFAULT_APPLICATION_NAME = "pgdoorman"
@@ -42,9 +50,85 @@ def listen_endpoint(reactor, host: str, port: int, backlog: int):
     return endpoints.TCP4ServerEndpoint(reactor, port, backlog=backlog, interface=host)
 
 
+class Lifecycle:
+    """Reload and graceful shutdown of a running pgdoorman: what the admin console's
+    RELOAD/SHUTDOWN and the signals do.
+
+    @ivar draining: a graceful shutdown is under way.
+    """
+
+    log = logger()
+
+    def __init__(self, top: MultiService, registry: PoolRegistry, reactor) -> None:
+        self.top = top
+        self.registry = registry
+        self.reactor = reactor
+        self.draining = False
+
+    def reload(self) -> None:
+        """Re-read the config file and apply it; raises C{ConfigError}/C{OSError} and keeps
+        the running config if the file is bad."""
+        path = self.registry.config.path
+        try:
+            config = load(path)
+        except (ConfigError, OSError) as e:
+            self.log.error("reload of {path} failed, configuration unchanged: {error}", path=path, error=e)
+            raise
+        for warning in config.warnings:
+            self.log.warn("{warning}", warning=warning)
+        self.registry.reload(config)
+        self.log.info("reloaded {path}", path=path)
+
+    def shutdown(self) -> None:
+        """Graceful shutdown: stop accepting, pause every pool so no new transaction
+        starts, let running ones finish (up to shutdown_timeout), then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        self.log.info("graceful shutdown: waiting for running transactions")
+        self.top.getServiceNamed("listener").stopService()
+        for pool in self.registry.all_pools():
+            pool.pause()
+        deadline = self.reactor.seconds() + self.registry.config.general.shutdown_timeout / 1000.0
+        self._drain(deadline)
+
+    def _drain(self, deadline: float) -> None:
+        busy = sum(len(pool.active) + len(pool.used) for pool in self.registry.all_pools())
+        if busy and self.reactor.seconds() < deadline:
+            self.reactor.callLater(0.05, self._drain, deadline)
+            return
+        if busy:
+            self.log.warn("shutdown_timeout reached with {busy} servers in use", busy=busy)
+        self.reactor.stop()
+
+    def install_signal_handlers(self) -> None:
+        """SIGHUP reloads, SIGINT shuts down gracefully; SIGTERM keeps Twisted's fast stop.
+
+        Called after the reactor's own handlers are installed, so these take precedence.
+        """
+
+        def on_hup(signum, frame):
+            self.reactor.callFromThread(self._reload_logged)
+
+        def on_int(signum, frame):
+            self.reactor.callFromThread(self.shutdown)
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGINT, on_int)
+
+    def _reload_logged(self) -> None:
+        try:
+            self.reload()
+        except (ConfigError, OSError):
+            pass
+
+
 def make_service(config, reactor) -> MultiService:
-    """The service tree: C{pools} (the registry) first, then C{listener}, so that on
-    shutdown the listener closes before the pools drain."""
+    """The service tree: C{pools} (the registry), C{janitor}, C{stats}, then C{listener},
+    so that on shutdown the listener closes before the pools drain.
+
+    The tree's C{lifecycle} attribute is its L{Lifecycle}.
+    """
     top = MultiService()
     registry = PoolRegistry(config, connect=_connector(reactor), clock=reactor)
     registry.setName("pools")
@@ -53,7 +137,22 @@ def make_service(config, reactor) -> MultiService:
     janitor.clock = reactor
     janitor.setName("janitor")
     janitor.setServiceParent(top)
+    stats = TimerService(STATS_PERIOD, registry.roll_stats, STATS_PERIOD)
+    stats.clock = reactor
+    stats.setName("stats")
+    stats.setServiceParent(top)
     factory = ClientFactory(registry, canceller=lambda server: cancel_query(reactor, server))
+    lifecycle = Lifecycle(top, registry, reactor)
+    factory.console = AdminConsole(
+        registry,
+        factory,
+        Controls(
+            reload=lifecycle.reload,
+            shutdown=lifecycle.shutdown,
+            get_log_level=get_log_level,
+            set_log_level=set_log_level,
+        ),
+    )
     general = config.general
     backlog = general.backlog or min(general.max_connections, 65535)
     listener = StreamServerEndpointService(
@@ -64,4 +163,5 @@ def make_service(config, reactor) -> MultiService:
     listener.setName("listener")
     listener.setServiceParent(top)
     top.factory = factory
+    top.lifecycle = lifecycle
     return top

@@ -45,7 +45,9 @@ def makeService(options: Options):
 
     from .service import make_service
 
-    return make_service(options.loaded, reactor)
+    service = make_service(options.loaded, reactor)
+    reactor.addSystemEventTrigger("after", "startup", service.lifecycle.install_signal_handlers)
+    return service
 
 
 def install_default_reactor() -> None:

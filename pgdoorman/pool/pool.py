@@ -10,8 +10,10 @@ from collections import deque
 from typing import Callable, Protocol
 
 from twisted.internet.defer import Deferred, succeed
-from twisted.logger import Logger
 from twisted.python.failure import Failure
+
+from ..loglevel import logger
+from .stats import PoolStats
 
 __all__ = ["IPoolServer", "IWaiter", "Pool", "PoolTimeout", "PoolClosed"]
 
@@ -34,6 +36,8 @@ class IWaiter(Protocol):
 
     #: set by the pool: the clock time the wait expires, or C{None}.
     deadline: "float | None"
+    #: set by the pool: the clock time the wait began.
+    since: float
 
     def granted(self, server) -> None:
         """The server is now leased to this waiter."""
@@ -47,6 +51,8 @@ class IPoolServer(Protocol):
 
     pool_state: str
     usable: bool
+    #: set by the pool: the pool the server belongs to.
+    home: "Pool"
     #: clock times of the login and of the last release.
     created_at: float
     last_used: float
@@ -86,7 +92,7 @@ class Pool:
         them (C{server_idle_check_timeout}); 0 never.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(
         self,
@@ -118,6 +124,9 @@ class Pool:
         self.connecting = 0
         self.probing = 0
         self.waiters: deque = deque()
+        self.stats = PoolStats()
+        self.paused = False
+        self.epoch = 0
         self._expiry = None
         self.closed = False
 
@@ -127,6 +136,12 @@ class Pool:
             f" used={len(self.used)} login={self.connecting} waiting={len(self.waiters)}>"
         )
 
+    def maxwait(self) -> float:
+        """Seconds the oldest waiting client has waited (SHOW POOLS maxwait)."""
+        if not self.waiters:
+            return 0.0
+        return self.clock.seconds() - self.waiters[0].since
+
     @property
     def total(self) -> int:
         """Servers open or being opened."""
@@ -134,7 +149,7 @@ class Pool:
 
     def try_lease(self):
         """Return an idle server, now active, or C{None}: the no-Deferred fast path."""
-        if self.idle and not self.waiters:
+        if self.idle and not self.waiters and not self.paused:
             server = self.idle[0] if self.round_robin else self.idle[-1]
             if self.check_timeout and self.clock.seconds() - server.last_used > self.check_timeout:
                 return None
@@ -168,8 +183,9 @@ class Pool:
             waiter.refused(PoolClosed("pool is shut down"))
             return
         self.waiters.append(waiter)
+        waiter.since = now = self.clock.seconds()
         if self.query_wait_timeout > 0:
-            waiter.deadline = self.clock.seconds() + self.query_wait_timeout
+            waiter.deadline = now + self.query_wait_timeout
             if self._expiry is None:
                 self._expiry = self.clock.callLater(self.query_wait_timeout, self._expire)
         else:
@@ -188,6 +204,8 @@ class Pool:
 
     def _probe_idle(self) -> None:
         """Give idle servers to waiters, probing those idle past check_timeout first."""
+        if self.paused:
+            return
         now = self.clock.seconds()
         while self.idle and len(self.waiters) > self.probing:
             server = self.idle[0] if self.round_robin else self.idle[-1]
@@ -225,6 +243,25 @@ class Pool:
         server.close()
         self._grow()
 
+    def pause(self) -> None:
+        """PAUSE: hand out no server until L{resume}; running leases go on, waiters wait
+        (and time out after query_wait_timeout)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """RESUME: serve the waiters, oldest first."""
+        if self.paused:
+            self.paused = False
+            self._probe_idle()
+            self._grow()
+
+    def reconnect(self) -> None:
+        """RECONNECT: close idle servers now, leased ones when they come back."""
+        self.epoch += 1
+        for server in list(self.idle):
+            self.discard(server)
+        self._grow()
+
     def close(self) -> None:
         """Close every idle server, fail the waiters, and discard servers as they return."""
         self.closed = True
@@ -242,12 +279,17 @@ class Pool:
                 self.discard(server)
 
     def _checkin(self, server) -> None:
-        if self.waiters:
+        if server.epoch != self.epoch:
+            self.discard(server)
+        elif self.waiters and not self.paused:
             self._move(server, ACTIVE)
             server.checkouts += 1
             waiter = self.waiters.popleft()
             if not self.waiters:
                 self._stop_expiry()
+            stats = self.stats
+            stats.wait_time += self.clock.seconds() - waiter.since
+            stats.waits += 1
             waiter.granted(server)
         else:
             self._move(server, IDLE)
@@ -311,7 +353,10 @@ class Pool:
 
     def _grow(self) -> None:
         while (
-            not self.closed and len(self.waiters) > self.connecting + self.probing and self.total < self.size
+            not self.closed
+            and not self.paused
+            and len(self.waiters) > self.connecting + self.probing
+            and self.total < self.size
         ):
             self._connect()
 
@@ -330,6 +375,8 @@ class Pool:
         server.pool_state = None
         server.on_lost = self.discard
         server.checkouts = 0
+        server.home = self
+        server.epoch = self.epoch
         server.jitter = random.uniform(0.8, 1.2)
         self._checkin(server)
 
@@ -353,11 +400,12 @@ def _fail(exc: Exception) -> Deferred:
 class _DeferredWaiter(Deferred):
     """The waiter behind L{Pool.lease}: a Deferred that cancels by leaving the queue."""
 
-    __slots__ = ("deadline",)
+    __slots__ = ("deadline", "since")
 
     def __init__(self, pool: Pool) -> None:
         super().__init__(lambda d: pool.cancel_wait(d))
         self.deadline = None
+        self.since = 0.0
 
     def granted(self, server) -> None:
         """Fire with the server."""

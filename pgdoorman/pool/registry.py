@@ -1,11 +1,12 @@
 # -*- test-case-name: tests.test_registry -*-
 """The registry of pools, one per (database, user), created on first use."""
 
+import attrs
 from twisted.application.service import Service
-from twisted.logger import Logger
 
 from ..auth import client_scram_secret, server_credentials
-from .pool import Pool
+from ..loglevel import logger
+from .pool import Pool, PoolClosed
 
 __all__ = ["PoolRegistry"]
 
@@ -19,7 +20,7 @@ class PoolRegistry(Service):
     @param clock: an C{IReactorTime}.
     """
 
-    log = Logger()
+    log = logger()
 
     def __init__(self, config, *, connect, clock) -> None:
         self.config = config
@@ -81,6 +82,38 @@ class PoolRegistry(Service):
             )
         return pool
 
+    def all_pools(self) -> list:
+        """Every live pool."""
+        return list(self.pools.values())
+
+    def roll_stats(self, period: float = 15.0) -> None:
+        """Turn the last period's counters into SHOW STATS averages (every 15 s)."""
+        for pool in self.pools.values():
+            pool.stats.roll(period)
+
+    def reload(self, config) -> None:
+        """Swap in a new config: pools whose settings changed (or whose user is gone) are
+        replaced; their leased servers finish and are closed on return, their waiters move
+        to the new pool. Unchanged pools keep running untouched."""
+        old, self.config = self.config, config
+        for key, pool in list(self.pools.items()):
+            if _settings(config.user(*key)) == _settings(old.user(*key)):
+                continue
+            del self.pools[key]
+            self._credentials.pop(key, None)
+            self._client_secrets.pop(key, None)
+            waiters = list(pool.waiters)
+            pool.waiters.clear()
+            pool.close()
+            if waiters and config.user(*key) is not None:
+                successor = self.pool(*key)
+                for waiter in waiters:
+                    successor.wait(waiter)
+            else:
+                for waiter in waiters:
+                    waiter.refused(PoolClosed(f"user {key[1]} of database {key[0]} was removed"))
+        self._prewarm()
+
     def maintain(self) -> None:
         """One janitor pass over every pool (PgDoorman's retain task): close idle servers past
         idle_timeout or server_lifetime, at most retain_connections_max in all, and open
@@ -94,6 +127,9 @@ class PoolRegistry(Service):
     def startService(self) -> None:
         """Create the pools of users with a min_pool_size, so the janitor prewarms them."""
         super().startService()
+        self._prewarm()
+
+    def _prewarm(self) -> None:
         for pool_config in self.config.pools.values():
             for user in pool_config.users:
                 if user.min_pool_size:
@@ -104,3 +140,11 @@ class PoolRegistry(Service):
         super().stopService()
         for pool in self.pools.values():
             pool.close()
+
+
+def _settings(found):
+    """What a pool is built from, minus the other users of the same database."""
+    if found is None:
+        return None
+    pool_config, user_config = found
+    return attrs.evolve(pool_config, users=()), user_config
