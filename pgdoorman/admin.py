@@ -273,111 +273,90 @@ class AdminConsole:
         ]
         return columns, rows
 
-    def show_pools(self):
-        """SHOW POOLS: client and server counts per pool, from the pool's real state."""
+    def _pool_values(self) -> list:
+        """For every pool user, a dict of everything SHOW POOLS and POOLS_EXTENDED report."""
         clients = self._clients_by_pool()
         now = self.registry.clock.seconds()
-        rows = []
+        result = []
         for pool_config, user, pool in self._pool_rows():
-            c = clients.get(pool, {}) if pool else {}
+            c = clients.get(pool, {})
             maxwait = pool.maxwait() if pool else 0.0
-            oldest = max((now - s.xact_started for s in pool.active), default=0.0) if pool else 0.0
-            rows.append(
-                [
-                    pool_config.name,
-                    user.username,
-                    user.pool_mode,
-                    c.get("idle", 0),
-                    c.get("active", 0),
-                    c.get("waiting", 0),
-                    0,
-                    len(pool.active) if pool else 0,
-                    len(pool.idle) if pool else 0,
-                    len(pool.used) if pool else 0,
-                    pool.connecting if pool else 0,
-                    user.pool_size,
-                    int(maxwait),
-                    int((maxwait - int(maxwait)) * 1e6),
-                    int(pool.stats.averages.get("xact_time", 0)) if pool else 0,
-                    bool(pool and pool.paused),
-                    0,
-                    int(oldest * 1000),
-                ]
-            )
-        columns = [
-            ("database", TEXT),
-            ("user", TEXT),
-            ("pool_mode", TEXT),
-            ("cl_idle", INT8),
-            ("cl_active", INT8),
-            ("cl_waiting", INT8),
-            ("cl_cancel_req", INT8),
-            ("sv_active", INT8),
-            ("sv_idle", INT8),
-            ("sv_used", INT8),
-            ("sv_login", INT8),
-            ("pool_size", INT8),
-            ("maxwait", INT8),
-            ("maxwait_us", INT8),
-            ("avg_xact_time", INT8),
-            ("paused", INT8),
-            ("fallback_active", INT8),
-            ("oldest_active_age_ms", INT8),
-        ]
-        return columns, rows
+            stats = pool.stats if pool else None
+            values = {
+                "database": pool_config.name,
+                "user": user.username,
+                "pool_mode": user.pool_mode,
+                "cl_idle": c.get("idle", 0),
+                "cl_active": c.get("active", 0),
+                "cl_waiting": c.get("waiting", 0),
+                "cl_cancel_req": 0,
+                "sv_active": len(pool.active) if pool else 0,
+                "sv_idle": len(pool.idle) if pool else 0,
+                "sv_used": len(pool.used) if pool else 0,
+                "sv_login": pool.connecting if pool else 0,
+                "pool_size": user.pool_size,
+                "maxwait": int(maxwait),
+                "maxwait_us": int((maxwait - int(maxwait)) * 1e6),
+                "avg_xact_time": int(stats.averages.get("xact_time", 0)) if stats else 0,
+                "paused": bool(pool and pool.paused),
+                "fallback_active": 0,
+                "oldest_active_age_ms": int(
+                    max((now - s.xact_started for s in pool.active), default=0.0) * 1000
+                )
+                if pool
+                else 0,
+                "bytes_recieved": stats.received if stats else 0,
+                "bytes_sent": stats.sent if stats else 0,
+            }
+            for fraction in (0.99, 0.95, 0.5):
+                for kind, series in (("query", "query_times"), ("transaction", "xact_times")):
+                    recent = getattr(stats, series) if stats else ()
+                    values[f"{kind}_{fraction}"] = round(percentile(recent, fraction) * 1000, 3)
+            result.append(values)
+        return result
+
+    def _pool_table(self, columns: list):
+        return columns, [[values[name] for name, _ in columns] for values in self._pool_values()]
+
+    def show_pools(self):
+        """SHOW POOLS: client and server counts per pool, from the pool's real state."""
+        return self._pool_table(
+            [("database", TEXT), ("user", TEXT), ("pool_mode", TEXT)]
+            + [
+                (name, INT8)
+                for name in (
+                    "cl_idle",
+                    "cl_active",
+                    "cl_waiting",
+                    "cl_cancel_req",
+                    "sv_active",
+                    "sv_idle",
+                    "sv_used",
+                    "sv_login",
+                    "pool_size",
+                    "maxwait",
+                    "maxwait_us",
+                    "avg_xact_time",
+                    "paused",
+                    "fallback_active",
+                    "oldest_active_age_ms",
+                )
+            ]
+        )
 
     def show_pools_extended(self):
         """SHOW POOLS_EXTENDED: SHOW POOLS plus bytes and latency percentiles (ms)."""
-        clients = self._clients_by_pool()
-        rows = []
-        for pool_config, user, pool in self._pool_rows():
-            c = clients.get(pool, {}) if pool else {}
-            maxwait = pool.maxwait() if pool else 0.0
-            stats = pool.stats if pool else None
-            row = [
-                pool_config.name,
-                user.username,
-                c.get("active", 0),
-                c.get("waiting", 0),
-                len(pool.active) if pool else 0,
-                len(pool.idle) if pool else 0,
-                len(pool.used) if pool else 0,
-                pool.connecting if pool else 0,
-                user.pool_size,
-                int(maxwait),
-                int((maxwait - int(maxwait)) * 1e6),
-                user.pool_mode,
-                stats.received if stats else 0,
-                stats.sent if stats else 0,
+        counts = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "sv_login", "pool_size")
+        return self._pool_table(
+            [("database", TEXT), ("user", TEXT)]
+            + [(name, INT8) for name in counts + ("maxwait", "maxwait_us")]
+            + [("pool_mode", TEXT), ("bytes_recieved", INT8), ("bytes_sent", INT8)]
+            + [
+                (f"{kind}_{fraction}", FLOAT8)
+                for fraction in (0.99, 0.95, 0.5)
+                for kind in ("query", "transaction")
             ]
-            for fraction in (0.99, 0.95, 0.5):
-                for series in ("query_times", "xact_times"):
-                    values = getattr(stats, series) if stats else ()
-                    row.append(round(percentile(values, fraction) * 1000, 3))
-            rows.append(row)
-        columns = [
-            ("database", TEXT),
-            ("user", TEXT),
-            ("cl_active", INT8),
-            ("cl_waiting", INT8),
-            ("sv_active", INT8),
-            ("sv_idle", INT8),
-            ("sv_used", INT8),
-            ("sv_login", INT8),
-            ("pool_size", INT8),
-            ("maxwait", INT8),
-            ("maxwait_us", INT8),
-            ("pool_mode", TEXT),
-            ("bytes_recieved", INT8),
-            ("bytes_sent", INT8),
-            ("query_0.99", FLOAT8),
-            ("transaction_0.99", FLOAT8),
-            ("query_0.95", FLOAT8),
-            ("transaction_0.95", FLOAT8),
-            ("query_0.5", FLOAT8),
-            ("transaction_0.5", FLOAT8),
-        ]
-        return columns, rows
+        )
 
     def show_clients(self):
         """SHOW CLIENTS: one row per logged-in client."""

@@ -32,6 +32,7 @@ from .protocol.sql import quote_ident, quote_literal
 
 __all__ = [
     "OneServer",
+    "PeerProducer",
     "TRACKED_PARAMETERS",
     "ServerError",
     "ServerConnection",
@@ -86,7 +87,33 @@ class ServerError(Exception):
 
 
 @implementer(IPushProducer)
-class ServerConnection(Protocol):
+class PeerProducer:
+    """Mixin: a connection is the streaming producer of its own transport for its whole
+    life; when that transport's send buffer fills, it stops reading from the linked peer
+    (the connection named by C{peer_attribute}) until the buffer drains."""
+
+    peer_attribute = ""
+    out_paused = False
+
+    def pauseProducing(self) -> None:
+        """Our send buffer is full: stop reading from the linked peer."""
+        self.out_paused = True
+        peer = getattr(self, self.peer_attribute)
+        if peer is not None:
+            peer.transport.pauseProducing()
+
+    def resumeProducing(self) -> None:
+        """Our send buffer drained: read from the linked peer again."""
+        self.out_paused = False
+        peer = getattr(self, self.peer_attribute)
+        if peer is not None:
+            peer.transport.resumeProducing()
+
+    def stopProducing(self) -> None:
+        """Nothing: the transport is closing and will tell us through connectionLost."""
+
+
+class ServerConnection(PeerProducer, Protocol):
     """One connection to PostgreSQL.
 
     @ivar ready: fires with this connection once logged in and ReadyForQuery arrived.
@@ -103,6 +130,7 @@ class ServerConnection(Protocol):
 
     log = logger()
     _ids = itertools.count(1)
+    peer_attribute = "client"
 
     def __init__(self, *, credentials: ServerCredentials, startup: dict, clock) -> None:
         self.id = next(self._ids)
@@ -253,23 +281,6 @@ class ServerConnection(Protocol):
             self.transport.resumeProducing()
         if self.out_paused:
             client.transport.resumeProducing()
-
-    # -- IPushProducer, for our own transport's send buffer
-
-    def pauseProducing(self) -> None:
-        """Our send buffer is full: stop reading from the linked client."""
-        self.out_paused = True
-        if self.client is not None:
-            self.client.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        """Our send buffer drained: read from the linked client again."""
-        self.out_paused = False
-        if self.client is not None:
-            self.client.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """Nothing: the transport is closing and will tell us through connectionLost."""
 
     # -- session state
 

@@ -11,12 +11,10 @@ the client sent has been answered.
 import os
 import secrets
 
-from twisted.internet.interfaces import IPushProducer
 from twisted.internet.protocol import Factory, Protocol
-from zope.interface import implementer
 
 from .admin import ADMIN_DATABASES
-from .backend import TRACKED_PARAMETERS, ServerError
+from .backend import TRACKED_PARAMETERS, PeerProducer, ServerError
 from .fastwrite import eager_writer
 from .loglevel import logger
 from .pool.pool import PoolClosed, PoolTimeout
@@ -73,8 +71,7 @@ _ADMIN_PARAMETERS = b"".join(
 )
 
 
-@implementer(IPushProducer)
-class ClientConnection(Protocol):
+class ClientConnection(PeerProducer, Protocol):
     """One application connection.
 
     @ivar server: the leased L{pgdoorman.backend.ServerConnection}, or C{None}.
@@ -85,6 +82,7 @@ class ClientConnection(Protocol):
     """
 
     log = logger()
+    peer_attribute = "server"
 
     def __init__(self, factory: "ClientFactory") -> None:
         self.factory = factory
@@ -546,21 +544,6 @@ class ClientConnection(Protocol):
         return data
 
     # -- called by the linked server
-
-    def pauseProducing(self) -> None:
-        """Our send buffer is full: stop reading from the linked server."""
-        self.out_paused = True
-        if self.server is not None:
-            self.server.transport.pauseProducing()
-
-    def resumeProducing(self) -> None:
-        """Our send buffer drained: read from the linked server again."""
-        self.out_paused = False
-        if self.server is not None:
-            self.server.transport.resumeProducing()
-
-    def stopProducing(self) -> None:
-        """Nothing: the transport is closing and will tell us through connectionLost."""
 
     def wants_release(self, server) -> bool:
         """True if, at this ReadyForQuery, the server should go back to the pool."""
