@@ -817,3 +817,30 @@ class UpkeepTests(PoolTestMixin, SynchronousTestCase):
         self.clock.advance(30)
         self.assertIs(pool.try_lease(), server)
         self.assertEqual(server.probes, [])
+
+
+class HandOffTests(PoolTestMixin, SynchronousTestCase):
+    """Servers handed back from inside a grant do not recurse down the waiter queue."""
+
+    def test_many_waiters_returning_at_once(self):
+        """5000 waiters that each give the server straight back (as a transaction-mode
+        login does) are all served, with a bounded stack."""
+        pool = self.make_pool(size=1)
+        served = []
+
+        class Bouncer:
+            deadline = None
+
+            def granted(self, server):
+                served.append(self)
+                pool.release(server)
+
+            def refused(self, reason):
+                raise AssertionError(reason)
+
+        waiters = [Bouncer() for _ in range(5000)]
+        for waiter in waiters:
+            pool.wait(waiter)
+        self.connector.succeed()
+        self.assertEqual(len(served), 5000)
+        self.assertEqual((len(pool.idle), len(pool.waiters)), (1, 0))

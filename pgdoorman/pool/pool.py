@@ -125,6 +125,8 @@ class Pool:
         self.probing = 0
         self.waiters: deque = deque()
         self.stats = PoolStats()
+        self._handing = False
+        self._returned: deque = deque()
         self.paused = False
         self.epoch = 0
         self._expiry = None
@@ -210,7 +212,7 @@ class Pool:
         while self.idle and len(self.waiters) > self.probing:
             server = self.idle[0] if self.round_robin else self.idle[-1]
             if not self.check_timeout or now - server.last_used <= self.check_timeout:
-                self._checkin(server)
+                self._checkin_one(server)
                 continue
             self._move(server, USED)
             self.probing += 1
@@ -279,6 +281,25 @@ class Pool:
                 self.discard(server)
 
     def _checkin(self, server) -> None:
+        """Give a server to the oldest waiter, or make it idle.
+
+        A waiter may give its server straight back (a transaction-mode login does), which
+        would grant the next waiter from inside this call, and so on down the queue: with
+        hundreds waiting that overflows the stack. Hand-offs made while one is under way are
+        queued and run by the outermost call instead.
+        """
+        if self._handing:
+            self._returned.append(server)
+            return
+        self._handing = True
+        try:
+            self._checkin_one(server)
+            while self._returned:
+                self._checkin_one(self._returned.popleft())
+        finally:
+            self._handing = False
+
+    def _checkin_one(self, server) -> None:
         if server.epoch != self.epoch:
             self.discard(server)
         elif self.waiters and not self.paused:
