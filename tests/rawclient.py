@@ -8,7 +8,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
-__all__ = ["RawClient", "LoginResult", "startup_header"]
+__all__ = ["RawClient", "LoginResult", "send_cancel", "startup_header"]
 
 
 class LoginResult:
@@ -32,6 +32,8 @@ class RawClient:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.framer = Framer(ALL_TYPES)
         self.pending: list = []
+        #: The (process id, secret key) of the BackendKeyData seen at login, if any.
+        self.backend_key: "tuple[int, int] | None" = None
 
     def close(self) -> None:
         """Close the socket."""
@@ -74,6 +76,8 @@ class RawClient:
             if mtype == "S":
                 name, value = m.parse_parameter_status(body)
                 params[name] = value
+            elif mtype == "K":
+                self.backend_key = m.parse_backend_key_data(body)
             elif mtype == "Z":
                 return LoginResult(True, {}, params)
             elif mtype == "R":
@@ -101,6 +105,17 @@ class RawClient:
             out.append(msg)
             if msg[0] == "Z":
                 return out
+
+
+def send_cancel(port: int, pid: int, key: int, host: str = "127.0.0.1") -> None:
+    """Send a CancelRequest for (C{pid}, C{key}) on a new connection and wait for the close."""
+    sock = socket.create_connection((host, port), timeout=10)
+    try:
+        sock.sendall(m.cancel_request(pid, key))
+        while sock.recv(1024):
+            pass
+    finally:
+        sock.close()
 
 
 def startup_header(length: int, code: int) -> bytes:
