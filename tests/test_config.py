@@ -13,6 +13,7 @@ from pgdoorman.config import (
     Config,
     ConfigError,
     General,
+    ManholeConfig,
     PoolConfig,
     UserConfig,
     WebConfig,
@@ -977,3 +978,119 @@ class LayeringTests(SynchronousTestCase):
             cwd=ROOT,
             check=True,
         )
+
+
+class ManholeTests(SynchronousTestCase):
+    """The optional C{[manhole]} section."""
+
+    def load_manhole(self, lines: str, path: str = "test.toml") -> Config:
+        """Load L{config_text} with a C{[manhole]} section made of C{lines}."""
+        return loads(config_text(extra="[manhole]\n" + lines), path)
+
+    def assertError(self, lines: str, message: str) -> None:
+        """A C{[manhole]} section of C{lines} fails with exactly C{message}."""
+        with self.assertRaises(ConfigError) as caught:
+            self.load_manhole(lines)
+        self.assertEqual(str(caught.exception), message)
+
+    def test_absent(self) -> None:
+        """Without the section there is no manhole."""
+        self.assertIsNone(load_text().manhole)
+
+    def test_defaults(self) -> None:
+        """Loopback port 6022, user admin and a generated host key by default."""
+        config = self.load_manhole('passwd = "manhole.passwd"')
+        self.assertEqual(
+            config.manhole,
+            ManholeConfig(passwd="manhole.passwd"),
+        )
+        self.assertEqual(config.manhole.listen, "tcp:6022:interface=127.0.0.1")
+        self.assertEqual(config.manhole.username, "admin")
+        self.assertIsNone(config.manhole.host_key)
+        self.assertIsNone(config.manhole.authorized_keys)
+        self.assertEqual(config.warnings, ())
+
+    def test_allKeys(self) -> None:
+        """Every key is read; paths are relative to the configuration file's directory."""
+        config = self.load_manhole(
+            'listen = "tcp:7022:interface=::1"\n'
+            'authorized_keys = "keys/authorized_keys"\n'
+            'passwd = "/etc/pgdoorman/passwd"\n'
+            'host_key = "ssh_host_ed25519_key"\n'
+            'username = "ops"',
+            path=os.path.join("etc", "pgdoorman", "pg_doorman.toml"),
+        )
+        self.assertEqual(
+            config.manhole,
+            ManholeConfig(
+                listen="tcp:7022:interface=::1",
+                authorized_keys=os.path.join("etc", "pgdoorman", "keys/authorized_keys"),
+                passwd="/etc/pgdoorman/passwd",
+                host_key=os.path.join("etc", "pgdoorman", "ssh_host_ed25519_key"),
+                username="ops",
+            ),
+        )
+
+    def test_needsAuthentication(self) -> None:
+        """At least one of C{authorized_keys} and C{passwd} is required."""
+        self.assertError('username = "ops"', "test.toml: manhole: set authorized_keys or passwd")
+        self.assertError("", "test.toml: manhole: set authorized_keys or passwd")
+
+    def test_badValues(self) -> None:
+        """Wrong types and empty strings are errors at their key path."""
+        self.assertError("passwd = 1", "test.toml: manhole.passwd: expected a string, got 1")
+        self.assertError('passwd = "p"\nlisten = ""', "test.toml: manhole.listen: must not be empty")
+        self.assertError('passwd = "p"\nusername = ""', "test.toml: manhole.username: must not be empty")
+        with self.assertRaises(ConfigError) as caught:
+            loads("manhole = 1\n" + config_text(), "test.toml")
+        self.assertEqual(str(caught.exception), "test.toml: manhole: expected a table, got 1")
+
+    def test_unknownKey(self) -> None:
+        """An unknown key is a warning, as everywhere else."""
+        config = self.load_manhole('passwd = "p"\ntelnet = true')
+        self.assertEqual(config.warnings, ("test.toml: manhole.telnet: unknown key, ignored",))
+
+    def test_loopback(self) -> None:
+        """Listen strings that stay on this host give no warning."""
+        for listen in [
+            "tcp:6022:interface=127.0.0.1",
+            "tcp:port=6022:interface=127.0.0.2",
+            "tcp:6022:127.0.0.1",
+            "tcp:6022:interface=localhost",
+            r"tcp6:6022:interface=\:\:1",
+            "unix:/run/pgdoorman/manhole.sock",
+            "unix:/run/pgdoorman/manhole.sock:mode=600",
+        ]:
+            config = self.load_manhole(f"passwd = 'p'\nlisten = '{listen}'")
+            self.assertEqual(config.warnings, (), listen)
+
+    def test_beyondLoopback(self) -> None:
+        """A listener that may be reachable from other hosts is a warning."""
+        for listen in [
+            "tcp:6022",
+            "tcp:6022:interface=0.0.0.0",
+            "tcp:6022:interface=10.1.2.3",
+            "tcp:6022:interface=db.example.com",
+            "tcp6:6022",
+            r"tcp6:6022:interface=\:\:",
+            "tcp6:6022:127.0.0.1",
+            "systemd:domain=INET:index=0",
+        ]:
+            config = self.load_manhole(f"passwd = 'p'\nlisten = '{listen}'")
+            self.assertEqual(
+                config.warnings,
+                ("test.toml: manhole.listen: the manhole listens beyond loopback",),
+                listen,
+            )
+
+    def test_include(self) -> None:
+        """The section can come from an included file like any other."""
+        directory = self.mktemp()
+        os.mkdir(directory)
+        with open(os.path.join(directory, "manhole.toml"), "w") as f:
+            f.write('[manhole]\nauthorized_keys = "authorized_keys"\n')
+        main = os.path.join(directory, "main.toml")
+        with open(main, "w") as f:
+            f.write(config_text(extra='[include]\nfiles = ["manhole.toml"]'))
+        config = load(main)
+        self.assertEqual(config.manhole.authorized_keys, os.path.join(directory, "authorized_keys"))
