@@ -13,6 +13,7 @@ from .cancel import cancel_query
 from .config import ConfigError, load
 from .frontend import ClientFactory
 from .loglevel import get_log_level, logger, set_log_level
+from .manhole import make_manhole_service
 from .pool.registry import PoolRegistry
 
 __all__ = ["make_service", "listen_endpoint", "Lifecycle", "DEFAULT_APPLICATION_NAME", "STATS_PERIOD"]
@@ -162,6 +163,16 @@ def make_service(config, reactor) -> MultiService:
     listener._raiseSynchronously = True
     listener.setName("listener")
     listener.setServiceParent(top)
+    if config.manhole is not None:
+        namespace = {
+            "config": config,
+            "registry": registry,
+            "pools": registry.pools,
+            "factory": factory,
+            "reactor": reactor,
+            "service": top,
+        }
+        make_manhole_service(config.manhole, namespace, reactor).setServiceParent(top)
     top.factory = factory
     top.lifecycle = lifecycle
     return top

@@ -42,9 +42,13 @@ def makeService(options: Options):
     """
     install_default_reactor()
     from twisted.internet import reactor
+    from twisted.logger import Logger
 
     from .service import make_service
 
+    log = Logger(namespace="pgdoorman")
+    for warning in options.loaded.warnings:
+        log.warn("{warning}", warning=warning)
     service = make_service(options.loaded, reactor)
     reactor.addSystemEventTrigger("after", "startup", service.lifecycle.install_signal_handlers)
     return service
