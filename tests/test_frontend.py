@@ -280,3 +280,33 @@ class MaxConnectionsTests(SynchronousTestCase):
         third = factory.buildProtocol(None)
         third.makeConnection(StringTransport())
         self.assertEqual(third.transport.value(), b"")
+
+
+class ConnectionLogTests(LinkTestMixin, SynchronousTestCase):
+    """log_client_connections / log_client_disconnections decide what is logged."""
+
+    def logged(self, general: str) -> list:
+        """Messages logged while a client logs in and leaves, with C{general} settings."""
+        from twisted.logger import capturedLogs, formatEvent
+
+        config = loads(
+            CONFIG.format(mode="transaction").replace(
+                'admin_password = "x"', f'admin_password = "x"\n{general}'
+            )
+        )
+        self.registry.config = config
+        with capturedLogs() as events:
+            client = self.newClient()
+            client.connectionLost(None)
+        return [formatEvent(e) for e in events]
+
+    def test_logged_by_default(self):
+        """Both are logged when the keys are omitted (PgDoorman's documented default)."""
+        lines = self.logged("")
+        self.assertTrue(any("logged in" in line for line in lines), lines)
+        self.assertTrue(any("disconnected" in line for line in lines), lines)
+
+    def test_switched_off(self):
+        """Neither is logged when both keys are false."""
+        lines = self.logged("log_client_connections = false\nlog_client_disconnections = false")
+        self.assertFalse(any("logged in" in line or "disconnected" in line for line in lines), lines)

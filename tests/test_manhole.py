@@ -292,6 +292,47 @@ class ManholeSessionTests(TestCase):
         shell.write(b"\x04")
         await shell.closed_d.addTimeout(STEP_TIMEOUT, reactor)
 
+    async def test_liveRegistry(self) -> None:
+        """In a service tree built by make_service, the manhole's namespace holds the live
+        pool registry: a pool created after start is visible from the shell."""
+        from pgdoorman.cluster import free_port
+        from pgdoorman.config import loads
+        from pgdoorman.service import make_service
+
+        port = free_port()
+        config = loads(
+            f"""
+[general]
+admin_username = "admin"
+admin_password = "secret"
+[manhole]
+listen = "tcp:{port}:interface=127.0.0.1"
+authorized_keys = "{self.config.authorized_keys}"
+host_key = "{self.config.host_key}"
+[pools.app]
+[[pools.app.users]]
+username = "u"
+password = "p"
+pool_size = 7
+"""
+        )
+        top = make_service(config, reactor)
+        manhole = top.getServiceNamed("manhole")
+        manhole.startService()
+        self.addCleanup(manhole.stopService)
+        top.getServiceNamed("pools").pool("app", "u")
+        client = _ClientFactory(self.host_key, b"admin", key=self.client_key)
+        await self.connect(port, client)
+        conn = await client.authenticated.addTimeout(STEP_TIMEOUT, reactor)
+        shell = _ShellChannel(conn=conn)
+        conn.openChannel(shell)
+        await shell.shell.addTimeout(STEP_TIMEOUT, reactor)
+        await shell.wait_for(b">>> ")
+        shell.write(b"[(k, p.size) for k, p in registry.pools.items()]\r")
+        await shell.wait_for(b"[(('app', 'u'), 7)]")
+        shell.write(b"\x04")
+        await shell.closed_d.addTimeout(STEP_TIMEOUT, reactor)
+
     async def test_passwordSession(self) -> None:
         """A user of the passwd file logs in with its password and gets the shell."""
         port = self.start(self.config)

@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_stats -*-
 """Per-pool counters, kept on the data path as plain numbers, read by SHOW STATS/POOLS."""
 
+import math
 from collections import deque
 
 import attrs
@@ -68,5 +69,5 @@ def percentile(values, fraction: float) -> float:
     ordered = sorted(values)
     if not ordered:
         return 0.0
-    rank = min(len(ordered) - 1, max(0, int(round(fraction * len(ordered) + 0.5)) - 1))
+    rank = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
     return ordered[rank]
