@@ -687,3 +687,34 @@ class LifecycleTests(_PoolerTestCase):
         self.assertEqual(pooler.proc.wait(timeout=15), 0, pooler.log())
         self.assertGreaterEqual(time.monotonic() - started, 1.5)
         self.assertIn("shutdown_timeout reached", pooler.log())
+
+    def test_reload_adds_and_removes_users(self):
+        """RELOAD picks up a new pool user (it can log in at once) and drops a removed one
+        (new logins get 28P01); SHOW USERS follows."""
+        pooler = self.start(pool_size=2)
+        second = '[[pools.app.users]]\nusername = "second"\npassword = "pw2"\npool_size = 1\nserver_username = "postgres"\n'
+        pooler.write_config(pool_config(self.cluster, users(2) + second, general=self.general))
+        console = self.console(pooler)
+        console.ok("RELOAD")
+        self.assertEqual([u["name"] for u in console.ok("SHOW USERS").dicts()], ["postgres", "second"])
+        client = RawClient(pooler.port)
+        self.addCleanup(client.close)
+        self.assertTrue(client.login("second", "app", "pw2").ok)
+        self.assertEqual(self.scalar(client, "select current_user"), "postgres")
+        pooler.write_config(self.config(2))
+        console.ok("RELOAD")
+        self.assertEqual([u["name"] for u in console.ok("SHOW USERS").dicts()], ["postgres"])
+        late = RawClient(pooler.port)
+        self.addCleanup(late.close)
+        self.assertEqual(late.login("second", "app", "pw2").sqlstate, "28P01")
+
+    def test_shutdown_command(self):
+        """SHUTDOWN in the console answers success, then the process shuts down gracefully
+        and exits 0."""
+        pooler = self.start()
+        console = self.console(pooler)
+        result = console.ok("SHUTDOWN")
+        self.assertEqual(result.rows, [["t"]])
+        proc = pooler.proc
+        wait_for(lambda: proc.poll() is not None, "the process to exit", timeout=20)
+        self.assertEqual(proc.returncode, 0, pooler.log())
