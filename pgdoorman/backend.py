@@ -40,7 +40,7 @@ __all__ = [
     "connect_to",
 ]
 
-_Z, _C, _E, _S, _N, _A, _K, _R, _G = (ord(c) for c in "ZCESNAKRG")
+_Z, _C, _E, _S, _K, _R, _G = (ord(c) for c in "ZCESKRG")
 #: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters,
 #: CopyInResponse (the client owes CopyDone/CopyFail even if the server gives up first).
 _LINKED_WATCH = frozenset((_Z, _C, _E, _S, _G))

@@ -355,7 +355,6 @@ class ClientConnection(PeerProducer, Protocol):
                 )
 
     def _auth_failed(self) -> None:
-        self.factory.count_login_failure()
         self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
 
     def _authenticated(self) -> None:
@@ -614,7 +613,6 @@ class ClientFactory(Factory):
         self.canceller = canceller
         self.clients: set = set()
         self.by_key: dict = {}
-        self.login_failures = 0
         self.counts = {"total": 0, "plain": 0, "cancel": 0}
         self.console = None
         self._next_id = 0
@@ -661,7 +659,3 @@ class ClientFactory(Factory):
         client = self.by_key.get((pid, key))
         if client is not None and client.server is not None:
             self.canceller(client.server)
-
-    def count_login_failure(self) -> None:
-        """Record a failed login."""
-        self.login_failures += 1
