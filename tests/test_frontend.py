@@ -209,6 +209,18 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.newClient()
         self.assertEqual(self.server_transport.value(), m.query('RESET "TimeZone"'))
 
+    def test_waiting_client_input_is_capped(self):
+        """A client that keeps sending while it waits for a server is no longer read past a
+        small cap (memory stays bounded), and is read again once it is linked."""
+        self.pool.pause()
+        big = m.query("select '" + "x" * 100_000 + "'")
+        for _ in range(3):
+            self.client.dataReceived(big)
+        self.assertEqual(self.client.transport.producerState, "paused")
+        self.pool.resume()
+        self.assertEqual(self.client.transport.producerState, "producing")
+        self.assertEqual(self.server_transport.value(), big * 3)
+
     def test_slow_client_pauses_the_server(self):
         """While the client's send buffer is full, the linked server is not read."""
         self.client.dataReceived(m.query("select 1"))
