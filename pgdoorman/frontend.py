@@ -484,13 +484,35 @@ class ClientConnection(PeerProducer, Protocol):
             data = self._client_events(data, events)
             if self.phase == CLOSED:
                 return
-        if data:
-            self._held.append(data)
-            self._held_bytes += len(data)
-            if self._held_bytes > _HELD_CAP and not self._paused:
-                self._paused = True
-                self.transport.pauseProducing()
-        if self.phase == IDLE and self._held:
+        if not data:
+            return
+        if self.phase == IDLE and not self._held and not self.pool.closed:
+            # The usual start of a transaction: an idle server already set up for us.
+            server = self.pool.try_lease()
+            if server is not None:
+                if server.synced == self.wanted:
+                    self.server = server
+                    server.link(self)
+                    self.phase = LINKED
+                    if self._held_requests:
+                        self._requests(server, self._held_requests)
+                        self._held_requests = 0
+                    n = len(data)
+                    self.pool.stats.received += n
+                    server.bytes_sent += n
+                    server.write(data)
+                    return
+                self._held.append(data)
+                self._held_bytes = len(data)
+                self.phase = WAITING
+                self._leased(server, None)
+                return
+        self._held.append(data)
+        self._held_bytes += len(data)
+        if self._held_bytes > _HELD_CAP and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        if self.phase == IDLE:
             self.phase = WAITING
             self._acquire(None)
 
