@@ -232,12 +232,11 @@ class ServerConnection(PeerProducer, Protocol):
         for mtype, body, end in events:
             if mtype == _Z:
                 self.tx_status = body
-                if self.pending:
-                    self.pending -= 1
-                    if not self.pending:
-                        client.transaction_done(self, False)
                 self.at_ready = end == n
-                if client.wants_release(self):
+                if not self.pending:
+                    continue
+                self.pending -= 1
+                if not self.pending and client.requests_done(self):
                     client.write(data if pos == 0 and end == n else data[pos:end])
                     self._framer.reset()
                     client.release_server()
@@ -245,7 +244,9 @@ class ServerConnection(PeerProducer, Protocol):
                         self.dataReceived(data[end:])
                     return
             elif mtype == _C:
-                self._track_tag(body)
+                # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
+                if body[:4] in _TRACKED_TAGS:
+                    self._track_tag(body)
             elif mtype == _S:
                 name, value = self._parameter(body)
                 if name in TRACKED_PARAMETERS:
@@ -286,10 +287,7 @@ class ServerConnection(PeerProducer, Protocol):
 
     def _track_tag(self, body: bytes) -> None:
         # PgDoorman's classify_command_complete: only these tags change what checkin resets.
-        # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
         head = body[:4]
-        if head not in _TRACKED_TAGS:
-            return
         if head == b"SET\x00":
             self.dirty_set = True
         elif head == b"DECL":

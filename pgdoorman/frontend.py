@@ -566,38 +566,31 @@ class ClientConnection(PeerProducer, Protocol):
 
     # -- called by the linked server
 
-    def wants_release(self, server) -> bool:
-        """True if, at this ReadyForQuery, the server should go back to the pool."""
-        return (
-            self.transaction_mode
-            and server.tx_status == b"I"
-            and server.pending == 0
-            and not self._unsynced
-            and not self.copy_in
-            and self._framer.at_boundary
-        )
-
     def parameter_changed(self, name: str, value: str) -> None:
         """The client changed a tracked parameter (its SET was reported): carry it along."""
         wanted = dict(self.wanted)
         wanted[name] = value
         self.wanted = frozenset(wanted.items())
 
-    def transaction_done(self, server, error: bool) -> None:
-        """The server answered the last pending request (error: with an ErrorResponse);
-        at ReadyForQuery I that ends a transaction."""
+    def requests_done(self, server) -> bool:
+        """The server answered every request sent so far (its ReadyForQuery just arrived):
+        count the query, and the transaction if it ended. Returns True if the server should
+        now go back to the pool (transaction mode, transaction over, no batch open, no
+        CopyDone owed, our stream at a message boundary)."""
         now = self.clock.seconds()
         stats = self.pool.stats
         elapsed = now - server.query_started
         stats.query_time += elapsed
         stats.query_times.append(elapsed)
-        if server.tx_status == b"I":
-            elapsed = now - server.xact_started
-            stats.xact_count += 1
-            stats.xact_time += elapsed
-            stats.xact_times.append(elapsed)
-            self.xact_count += 1
-            server.xact_count += 1
+        if server.tx_status != b"I":
+            return False
+        elapsed = now - server.xact_started
+        stats.xact_count += 1
+        stats.xact_time += elapsed
+        stats.xact_times.append(elapsed)
+        self.xact_count += 1
+        server.xact_count += 1
+        return self.transaction_mode and not self._unsynced and not self.copy_in and self._framer.at_boundary
 
     def release_server(self) -> None:
         """Unlink the server and return it to the pool."""

@@ -234,6 +234,9 @@ class Pool:
             self._move(server, USED)
             d = server.cleanup()
             d.addCallbacks(lambda _: self._cleaned(server), lambda _: self.discard(server))
+        elif not self.waiters and not self._handing and server.epoch == self.epoch:
+            # The usual end of a transaction: nobody waits, the server goes idle.
+            self._move(server, IDLE)
         else:
             self._checkin(server)
 
