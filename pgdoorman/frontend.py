@@ -144,11 +144,15 @@ class ClientConnection(PeerProducer, Protocol):
         """Forward to the linked server (the hot path), or run the current login phase."""
         try:
             if self.phase == LINKED:
-                events = self._framer.feed(data)
-                if events:
-                    data = self._client_events(data, events)
-                    if not data:
-                        return
+                if self._framer.single(data) == _Q:
+                    self._unsynced = False
+                    self._requests(self.server, 1)
+                else:
+                    events = self._framer.feed(data)
+                    if events:
+                        data = self._client_events(data, events)
+                        if not data:
+                            return
                 server = self.server
                 n = len(data)
                 self.pool.stats.received += n
@@ -479,11 +483,15 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrive while no server is linked; start a lease if needed."""
-        events = self._framer.feed(data)
-        if events:
-            data = self._client_events(data, events)
-            if self.phase == CLOSED:
-                return
+        if self._framer.single(data) == _Q:
+            self._unsynced = False
+            self._held_requests += 1
+        else:
+            events = self._framer.feed(data)
+            if events:
+                data = self._client_events(data, events)
+                if self.phase == CLOSED:
+                    return
         if not data:
             return
         if self.phase == IDLE and not self._held and not self.pool.closed:

@@ -335,3 +335,28 @@ class FramerPropertyTests(SynchronousTestCase):
             _feed_chunks(Framer(ALL_TYPES, max_body=64), _split(data, cuts))
         except ProtocolViolation as e:
             self.assertEqual(e.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
+
+
+class SingleTests(SynchronousTestCase):
+    """Framer.single: the shortcut for a chunk that is exactly one whole message."""
+
+    def test_one_whole_message(self):
+        """A lone Query at a boundary gives its type and leaves the framer at a boundary."""
+        framer = Framer(frozenset(), peek=ALL_TYPES)
+        query = message(b"Q", b"select 1\x00")
+        self.assertEqual(framer.single(query), ord("Q"))
+        self.assertTrue(framer.at_boundary)
+        self.assertEqual(framer.feed(query), [(ord("Q"), None, len(query))])
+
+    def test_not_single(self):
+        """Two messages, a partial one, a short chunk, or a framer mid-message: -1, and the
+        framer is untouched."""
+        framer = Framer(frozenset(), peek=ALL_TYPES)
+        query = message(b"Q", b"select 1\x00")
+        self.assertEqual(framer.single(query + query), -1)
+        self.assertEqual(framer.single(query[:-1]), -1)
+        self.assertEqual(framer.single(b"Q\x00"), -1)
+        framer.feed(query[:7])
+        self.assertEqual(framer.single(query), -1)
+        self.assertFalse(framer.at_boundary)
+        self.assertEqual(framer.single(b"Q\x00\x00\x00\x02"), -1)

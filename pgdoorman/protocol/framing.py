@@ -49,6 +49,17 @@ class Framer:
         self._body: bytearray | None = None
         self._btype = 0
 
+    def single(self, data: bytes) -> int:
+        """If C{data} is exactly one whole message starting at a boundary, its type byte
+        (the stream is then at a boundary again, as after L{feed}); else -1, and nothing
+        was consumed. A shortcut for the commonest chunk, a lone Query."""
+        if self._owed or self._head or len(data) < 5:
+            return -1
+        length = _unpack_len(data, 1)[0]
+        if length != len(data) - 1 or length < 4:
+            return -1
+        return data[0]
+
     def reset(self) -> None:
         """Forget any partial message: the caller re-feeds what follows a cut point."""
         self._owed = 0
