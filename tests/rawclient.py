@@ -8,7 +8,14 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
-__all__ = ["RawClient", "LoginResult", "send_cancel", "startup_header"]
+__all__ = [
+    "parse_row_description",
+    "parse_data_row",
+    "RawClient",
+    "LoginResult",
+    "send_cancel",
+    "startup_header",
+]
 
 
 class LoginResult:
@@ -121,3 +128,31 @@ def send_cancel(port: int, pid: int, key: int, host: str = "127.0.0.1") -> None:
 def startup_header(length: int, code: int) -> bytes:
     """The first 8 bytes of an untyped startup packet."""
     return struct.pack("!ii", length, code)
+
+
+def parse_row_description(body: bytes) -> list:
+    """The column names of a RowDescription body."""
+    (count,) = struct.unpack_from("!h", body, 0)
+    pos = 2
+    names = []
+    for _ in range(count):
+        end = body.index(b"\x00", pos)
+        names.append(body[pos:end].decode())
+        pos = end + 1 + 18
+    return names
+
+
+def parse_data_row(body: bytes) -> list:
+    """The text values of a DataRow body (C{None} for NULL)."""
+    (count,) = struct.unpack_from("!h", body, 0)
+    pos = 2
+    values = []
+    for _ in range(count):
+        (length,) = struct.unpack_from("!i", body, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+        else:
+            values.append(body[pos : pos + length].decode())
+            pos += length
+    return values

@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 from pgdoorman.protocol import messages as m
 
 from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
-from .rawclient import RawClient
+from .rawclient import RawClient, parse_data_row, parse_row_description
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-secret"
@@ -142,34 +142,6 @@ COLUMNS = {
 def users(pool_size: int) -> str:
     """One pool user C{postgres} (password C{pw}) with C{pool_size} servers."""
     return f'[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = {pool_size}\n'
-
-
-def parse_row_description(body: bytes) -> list:
-    """The column names of a RowDescription body."""
-    (count,) = struct.unpack_from("!h", body, 0)
-    pos = 2
-    names = []
-    for _ in range(count):
-        end = body.index(b"\x00", pos)
-        names.append(body[pos:end].decode())
-        pos = end + 1 + 18
-    return names
-
-
-def parse_data_row(body: bytes) -> list:
-    """The text values of a DataRow body (C{None} for NULL)."""
-    (count,) = struct.unpack_from("!h", body, 0)
-    pos = 2
-    values = []
-    for _ in range(count):
-        (length,) = struct.unpack_from("!i", body, pos)
-        pos += 4
-        if length < 0:
-            values.append(None)
-        else:
-            values.append(body[pos : pos + length].decode())
-            pos += length
-    return values
 
 
 class Result:

@@ -33,7 +33,7 @@ from pgdoorman.protocol.auth import scram_verifier
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
 from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
-from .rawclient import RawClient, send_cancel
+from .rawclient import RawClient, parse_data_row, parse_row_description, send_cancel
 
 #: Pool users: name -> pool_size. Each logs in to PostgreSQL as the role of the same name.
 POOLS = {"bench": 5, "solo": 1, "duo": 2}
@@ -704,3 +704,60 @@ class TransactionModeTests(ClusterMixin, TestCase):
             holders[0].commit()
         self.assertEqual(len(pids), 2)
         self.assertEqual(holder_view, [(self.default_timezone, "holder1")] * 3)
+
+    # -- protocol odds and ends
+
+    def test_notice_notification_and_empty_query(self):
+        """NoticeResponse and NotificationResponse reach the client, and an empty query gets
+        EmptyQueryResponse; the server is released after each."""
+        client = self.raw()
+        notice = client.query("do $$ begin raise notice 'hello from plpgsql'; end $$")
+        self.assertIn("N", [t for t, _ in notice])
+        self.assertIn(b"hello from plpgsql", b"".join(b for t, b in notice if t == "N"))
+        kinds = []
+        for sql in ("begin", "listen pgd_channel", "notify pgd_channel, 'payload-1'", "commit"):
+            kinds += [t for t, _ in client.query(sql)]
+        self.assertIn("A", kinds)
+        self.assertEqual([t for t, _ in client.query("")], ["I", "Z"])
+        self.assertEqual([t for t, _ in client.query(";")], ["I", "Z"])
+        self.assertEqual(self.pooler_pool("bench")["sv_active"], "0")
+
+    def test_fastpath_large_objects(self):
+        """psql's large-object commands use the fastpath FunctionCall protocol: an import and
+        an export round-trip a file through the pooler."""
+        source = self.mktemp()
+        with open(source, "wb") as f:
+            f.write(bytes(range(256)) * 4096)
+        target = self.mktemp()
+        script = f"\\lo_import {source}\n"
+        result = subprocess.run(
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", self.dsn],
+            input=script,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        oid = re.search(r"lo_import (\d+)", result.stdout).group(1)
+        result = subprocess.run(
+            ["psql", "-X", "-v", "ON_ERROR_STOP=1", "-d", self.dsn],
+            input=f"\\lo_export {oid} {target}\nselect lo_unlink({oid});\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        with open(source, "rb") as a, open(target, "rb") as b:
+            self.assertEqual(hashlib.sha256(a.read()).digest(), hashlib.sha256(b.read()).digest())
+
+    def pooler_pool(self, user: str) -> dict:
+        """SHOW POOLS row of the pool user, through the admin console."""
+        console = RawClient(self.pooler.port)
+        self.addCleanup(console.close)
+        self.assertTrue(console.login("admin", "pgdoorman", "admin-secret").ok)
+        messages = console.query("show pools")
+        names = parse_row_description(next(b for t, b in messages if t == "T"))
+        rows = [parse_data_row(b) for t, b in messages if t == "D"]
+        return next(dict(zip(names, row, strict=True)) for row in rows if row[1] == user)
