@@ -29,6 +29,7 @@ from .protocol.constants import SQLSTATE
 from .protocol.errors import AuthenticationFailed, ProtocolViolation
 from .protocol.framing import ALL_TYPES, Framer
 from .protocol.sql import quote_ident, quote_literal
+from .sockopts import apply_socket_options
 
 __all__ = [
     "OneServer",
@@ -132,7 +133,7 @@ class ServerConnection(PeerProducer, Protocol):
     _ids = itertools.count(1)
     peer_attribute = "client"
 
-    def __init__(self, *, credentials: ServerCredentials, startup: dict, clock) -> None:
+    def __init__(self, *, credentials: ServerCredentials, startup: dict, clock, socket_options=None) -> None:
         self.id = next(self._ids)
         self.credentials = credentials
         self.startup = startup
@@ -159,6 +160,7 @@ class ServerConnection(PeerProducer, Protocol):
         self.synced = None
         self.address = None
         self.connector = None
+        self.socket_options = socket_options
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
         self.created_at = clock.seconds()
         self.last_used = self.created_at
@@ -176,9 +178,8 @@ class ServerConnection(PeerProducer, Protocol):
 
     def connectionMade(self) -> None:
         """Send the StartupMessage."""
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
-            self.transport.setTcpKeepAlive(True)
+        if self.socket_options is not None:
+            apply_socket_options(self.transport, self.socket_options)
         self.write = eager_writer(self.transport)
         self.transport.registerProducer(self, True)
         self.transport.write(m.startup_message(self.startup))
@@ -542,10 +543,22 @@ def connect_to(reactor, host: str, port: int, timeout: float, factory: ClientFac
 
 
 def connect_server(
-    reactor, *, host: str, port: int, timeout: float, credentials: ServerCredentials, startup: dict
+    reactor,
+    *,
+    host: str,
+    port: int,
+    timeout: float,
+    credentials: ServerCredentials,
+    startup: dict,
+    socket_options=None,
 ) -> Deferred:
-    """Open and log in a L{ServerConnection}; fires with it, or fails with L{ServerError}."""
-    proto = ServerConnection(credentials=credentials, startup=startup, clock=reactor)
+    """Open and log in a L{ServerConnection}; fires with it, or fails with L{ServerError}.
+
+    @param socket_options: the C{General} config whose TCP options the socket gets.
+    """
+    proto = ServerConnection(
+        credentials=credentials, startup=startup, clock=reactor, socket_options=socket_options
+    )
     proto.address = (host, port, timeout)
     proto.connector = connect_to(reactor, host, port, timeout, OneServer(proto))
     d = proto.ready

@@ -30,6 +30,7 @@ from .protocol.startup import (
     StartupMessage,
     StartupReader,
 )
+from .sockopts import apply_socket_options
 
 __all__ = ["ClientConnection", "ClientFactory"]
 
@@ -134,9 +135,7 @@ class ClientConnection(PeerProducer, Protocol):
         self.peer = self.transport.getPeer()
         self.write = eager_writer(self.transport)
         self.transport.registerProducer(self, True)
-        if hasattr(self.transport, "setTcpNoDelay"):
-            self.transport.setTcpNoDelay(True)
-            self.transport.setTcpKeepAlive(True)
+        apply_socket_options(self.transport, self.factory.registry.config.general)
         if not self.factory.admit(self):
             self.fatal(SQLSTATE.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
 

@@ -25,7 +25,7 @@ STATS_PERIOD = 15.0
 DEFAULT_APPLICATION_NAME = "pgdoorman"
 
 
-def _connector(reactor):
+def _connector(reactor, registry_config):
     def connect(pool_config, user_config, credentials):
         startup = {
             "user": credentials.user,
@@ -39,6 +39,7 @@ def _connector(reactor):
             timeout=pool_config.connect_timeout / 1000.0,
             credentials=credentials,
             startup=startup,
+            socket_options=registry_config().general,
         )
 
     return connect
@@ -131,7 +132,7 @@ def make_service(config, reactor) -> MultiService:
     The tree's C{lifecycle} attribute is its L{Lifecycle}.
     """
     top = MultiService()
-    registry = PoolRegistry(config, connect=_connector(reactor), clock=reactor)
+    registry = PoolRegistry(config, connect=_connector(reactor, lambda: registry.config), clock=reactor)
     registry.setName("pools")
     registry.setServiceParent(top)
     janitor = TimerService(config.general.retain_connections_time / 1000.0, registry.maintain)
