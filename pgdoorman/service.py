@@ -1,6 +1,7 @@
 # -*- test-case-name: tests.test_service -*-
 """Builds the service tree of a running pgdoorman from a config."""
 
+import os
 import signal
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -88,7 +89,9 @@ class Lifecycle:
             return
         self.draining = True
         self.log.info("graceful shutdown: waiting for running transactions")
-        self.top.getServiceNamed("listener").stopService()
+        for service in self.top:
+            if service.name in ("listener", "unix_listener"):
+                service.stopService()
         for pool in self.registry.all_pools():
             pool.pause()
         deadline = self.reactor.seconds() + self.registry.config.general.shutdown_timeout / 1000.0
@@ -157,13 +160,17 @@ def make_service(config, reactor) -> MultiService:
     )
     general = config.general
     backlog = general.backlog or min(general.max_connections, 65535)
-    listener = StreamServerEndpointService(
-        listen_endpoint(reactor, general.host, general.port, backlog), factory
-    )
-    # As twisted.application.strports does: a busy port must fail startup, not just log.
-    listener._raiseSynchronously = True
-    listener.setName("listener")
-    listener.setServiceParent(top)
+    listeners = [("listener", listen_endpoint(reactor, general.host, general.port, backlog))]
+    if general.unix_socket_dir:
+        path = os.path.join(general.unix_socket_dir, f".s.PGSQL.{general.port}")
+        endpoint = endpoints.UNIXServerEndpoint(reactor, path, backlog, mode=general.unix_socket_mode)
+        listeners.append(("unix_listener", endpoint))
+    for name, endpoint in listeners:
+        listener = StreamServerEndpointService(endpoint, factory)
+        # As twisted.application.strports does: a busy port must fail startup, not just log.
+        listener._raiseSynchronously = True
+        listener.setName(name)
+        listener.setServiceParent(top)
     if config.manhole is not None:
         namespace = {
             "config": config,

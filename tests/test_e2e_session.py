@@ -2,9 +2,12 @@
 session mode against a real PostgreSQL."""
 
 import asyncio
+import os
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 
 import asyncpg
@@ -227,7 +230,9 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         """Wait (at most 15 s) until the role has C{expected} sessions."""
         deadline = time.monotonic() + 15
         while self.backends(role) != expected:
-            self.assertLess(time.monotonic(), deadline, f"{self.backends(role)} backends, expected {expected}")
+            self.assertLess(
+                time.monotonic(), deadline, f"{self.backends(role)} backends, expected {expected}"
+            )
             time.sleep(0.1)
 
     def test_janitor_min_pool_size_and_idle_timeout(self):
@@ -253,3 +258,44 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         for client in clients:
             client.query("commit")
         self.waitForBackends(1, "janitor")
+
+    def test_unix_socket_listener(self):
+        """unix_socket_dir adds a listener at <dir>/.s.PGSQL.<port> with unix_socket_mode;
+        psql connects through it."""
+        import stat
+
+        # AF_UNIX paths are limited to 107 bytes: trial's temp paths are too long.
+        sockdir = tempfile.mkdtemp(prefix="pgd-sock-")
+        self.addCleanup(shutil.rmtree, sockdir, True)
+        users = '[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = 1\n'
+        general = f'unix_socket_dir = "{sockdir}"\nunix_socket_mode = "0660"'
+        pooler = PgdoormanProcess(pool_config(self.cluster, users, general=general), self.mktemp())
+        pooler.start()
+        self.addCleanup(pooler.stop)
+        path = os.path.join(sockdir, f".s.PGSQL.{pooler.port}")
+        self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
+        result = subprocess.run(
+            [
+                "psql",
+                "-X",
+                "-A",
+                "-t",
+                "-w",
+                "-h",
+                sockdir,
+                "-p",
+                str(pooler.port),
+                "-U",
+                "postgres",
+                "-d",
+                "app",
+                "-c",
+                "select 40 + 2",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+            env={**os.environ, "PGPASSWORD": "pw"},
+        )
+        self.assertEqual((result.returncode, result.stdout.strip()), (0, "42"), result.stderr)
