@@ -28,11 +28,12 @@ DEFAULT_APPLICATION_NAME = "pgdoorman"
 
 def _connector(reactor, registry_config):
     def connect(pool_config, user_config, credentials):
-        startup = {
-            "user": credentials.user,
-            "database": pool_config.server_database,
-            "application_name": pool_config.application_name or DEFAULT_APPLICATION_NAME,
-        }
+        startup = dict(pool_config.startup_parameters)
+        startup.update(
+            user=credentials.user,
+            database=pool_config.server_database,
+            application_name=pool_config.application_name or DEFAULT_APPLICATION_NAME,
+        )
         return connect_server(
             reactor,
             host=pool_config.server_host,

@@ -17,7 +17,7 @@ from twisted.trial.unittest import TestCase
 from pgdoorman.protocol.auth import scram_verifier
 
 from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
-from .rawclient import RawClient
+from .rawclient import RawClient, parse_data_row
 
 USERS = f"""
 [[pools.app.users]]
@@ -299,3 +299,24 @@ class PoolSettingsTests(ClusterMixin, TestCase):
             env={**os.environ, "PGPASSWORD": "pw"},
         )
         self.assertEqual((result.returncode, result.stdout.strip()), (0, "42"), result.stderr)
+
+    def test_startup_parameters(self):
+        """[general] and [pools.<db>] startup_parameters reach PostgreSQL in the servers'
+        StartupMessage (the pool's value wins), and survive the check-in RESET ALL."""
+        users = '[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = 1\n'
+        config = pool_config(
+            self.cluster,
+            users,
+            pool_mode="transaction",
+            general='startup_parameters = { work_mem = "5MB", statement_timeout = "77s" }',
+        ).replace("[pools.app]\n", '[pools.app]\nstartup_parameters = { work_mem = "6MB" }\n')
+        pooler = PgdoormanProcess(config, self.mktemp())
+        pooler.start()
+        self.addCleanup(pooler.stop)
+        client = RawClient(pooler.port)
+        self.addCleanup(client.close)
+        self.assertTrue(client.login("postgres", "app", "pw").ok)
+        client.query("set work_mem = '9MB'")
+        sql = "select current_setting('work_mem'), current_setting('statement_timeout')"
+        rows = [parse_data_row(b) for t, b in client.query(sql) if t == "D"]
+        self.assertEqual(rows, [["6MB", "77s"]])
