@@ -8,6 +8,7 @@ chunk it receives untouched and watches only a handful of message types.
 
 import itertools
 import os
+from collections import deque
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -18,6 +19,7 @@ from zope.interface import implementer
 from .auth import ServerCredentials
 from .fastwrite import eager_writer
 from .loglevel import logger
+from .prepared import CLOSE_AS_PARSE, PARSE_COMPLETE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
 from .protocol import messages as m
 from .protocol.auth import (
     SCRAM_MECHANISM,
@@ -45,6 +47,9 @@ _Z, _C, _E, _S, _K, _R, _G = (ord(c) for c in "ZCESKRG")
 #: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters,
 #: CopyInResponse (the client owes CopyDone/CopyFail even if the server gives up first).
 _LINKED_WATCH = frozenset((_Z, _C, _E, _S, _G))
+_PARSE_COMPLETE, _CLOSE_COMPLETE = ord("1"), ord("3")
+#: With prepared statements mapped, also the answers the pooler may swallow or change.
+_PREPARED_WATCH = _LINKED_WATCH | {_PARSE_COMPLETE, _CLOSE_COMPLETE}
 
 #: ParameterStatus values a client's SET changes are carried to its next servers
 #: (PgDoorman's sync_server_parameters list).
@@ -147,6 +152,9 @@ class ServerConnection(PeerProducer, Protocol):
         self.backend_key = 0
         self.tx_status = b"I"
         self.pending = 0
+        self.answered = 0
+        self.statements = None
+        self.expect: deque = deque()
         self.at_ready = False
         self.client = None
         self.on_lost = None
@@ -229,6 +237,7 @@ class ServerConnection(PeerProducer, Protocol):
     def _linked(self, data: bytes, events: list, client) -> None:
         pos = 0
         n = len(data)
+        out = None
         self.at_ready = False
         for mtype, body, end in events:
             if mtype == _Z:
@@ -237,8 +246,15 @@ class ServerConnection(PeerProducer, Protocol):
                 if not self.pending:
                     continue
                 self.pending -= 1
+                self.answered += 1
+                if self.expect:
+                    skipped(self, client, self.answered)
                 if not self.pending and client.requests_done(self):
-                    client.write(data if pos == 0 and end == n else data[pos:end])
+                    if out is not None:
+                        out.append(data[pos:end])
+                        client.write(b"".join(out))
+                    else:
+                        client.write(data if pos == 0 and end == n else data[pos:end])
                     self._framer.reset()
                     client.release_server()
                     if end < n:
@@ -247,7 +263,18 @@ class ServerConnection(PeerProducer, Protocol):
             elif mtype == _C:
                 # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
                 if body[:4] in _TRACKED_TAGS:
-                    self._track_tag(body)
+                    self._track_tag(body, client)
+            elif mtype == _PARSE_COMPLETE or mtype == _CLOSE_COMPLETE:
+                if not self.expect:
+                    continue
+                code = self.expect.popleft()[1]
+                if code == SWALLOW_PARSE or code == SWALLOW_CLOSE or code == CLOSE_AS_PARSE:
+                    if out is None:
+                        out = []
+                    out.append(data[pos : end - 5])
+                    if code == CLOSE_AS_PARSE:
+                        out.append(PARSE_COMPLETE)
+                    pos = end
             elif mtype == _S:
                 name, value = self._parameter(body)
                 if name in TRACKED_PARAMETERS:
@@ -257,15 +284,26 @@ class ServerConnection(PeerProducer, Protocol):
             elif mtype == _E:
                 client.error_count += 1
                 client.pool.stats.errors += 1
+                if self.expect:
+                    skipped(self, client, self.answered + 1)
                 if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
                     self.fatal_forwarded = True
-        client.write(data if pos == 0 else data[pos:])
+        if out is not None:
+            out.append(data[pos:])
+            client.write(b"".join(out))
+        else:
+            client.write(data if pos == 0 else data[pos:])
 
     def link(self, client) -> None:
         """Attach a client: from now on server bytes go to it, with flow control both ways."""
         self.client = client
-        self._framer.watch = _LINKED_WATCH
+        if client.statements is None:
+            self._framer.watch = _LINKED_WATCH
+        else:
+            self._framer.watch = _PREPARED_WATCH
+            if self.statements is None:
+                self.statements = ServerStatements(client.pool.server_statements_size)
         if client.out_paused:
             self.transport.pauseProducing()
         if self.out_paused:
@@ -286,7 +324,7 @@ class ServerConnection(PeerProducer, Protocol):
 
     # -- session state
 
-    def _track_tag(self, body: bytes) -> None:
+    def _track_tag(self, body: bytes, client=None) -> None:
         # PgDoorman's classify_command_complete: only these tags change what checkin resets.
         head = body[:4]
         if head == b"SET\x00":
@@ -299,10 +337,19 @@ class ServerConnection(PeerProducer, Protocol):
             self.dirty_set = False
         elif body.startswith(b"DEALLOCATE ALL"):
             self.dirty_prepare = False
+            self._statements_dropped(client)
         elif body.startswith(b"CLOSE CURSOR ALL"):
             self.dirty_cursor = False
         elif body.startswith(b"DISCARD ALL"):
             self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+            self._statements_dropped(client)
+
+    def _statements_dropped(self, client) -> None:
+        """The server dropped every prepared statement: so did the client, from its view."""
+        if self.statements is not None:
+            self.statements.clear()
+        if client is not None and client.statements is not None:
+            client.statements.clear()
 
     def _parameter(self, body: bytes) -> tuple:
         name, value = m.parse_parameter_status(body)
@@ -335,6 +382,8 @@ class ServerConnection(PeerProducer, Protocol):
         return d
 
     def _cleaned(self, _, reset_all: bool) -> None:
+        if self.dirty_prepare and self.statements is not None:
+            self.statements.clear()
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
         if reset_all:
             # Parameters set for clients are gone too; ParameterStatus already reported
@@ -415,6 +464,7 @@ class ServerConnection(PeerProducer, Protocol):
             self.tx_status = body
             if self.pending:
                 self.pending -= 1
+                self.answered += 1
             self.at_ready = True
             d, self._internal = self._internal, None
             if d is not None:

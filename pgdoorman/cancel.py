@@ -8,6 +8,7 @@ from .protocol import messages as m
 
 __all__ = ["cancel_query"]
 
+
 class _CancelSender(Protocol):
     """Sends one CancelRequest and closes."""
 

@@ -9,6 +9,7 @@ the client sent has been answered.
 """
 
 import os
+import re
 import secrets
 
 from twisted.internet.protocol import Factory, Protocol
@@ -18,6 +19,7 @@ from .backend import TRACKED_PARAMETERS, PeerProducer, ServerError
 from .fastwrite import eager_writer
 from .loglevel import logger
 from .pool.pool import PoolClosed, PoolTimeout
+from .prepared import PARSE, PARSE_COMPLETE, REQUESTS, REWRITTEN, ClientStatements, render
 from .protocol import messages as m
 from .protocol.auth import SCRAM_MECHANISM, ScramServer, md5_hash, verify_md5
 from .protocol.constants import SQLSTATE
@@ -42,6 +44,15 @@ _BATCH = frozenset(ord(c) for c in "PBDECH")
 #: Every client message type except CopyData, whose per-row volume would cost too much.
 _CLIENT_PEEK = ALL_TYPES - {_COPY_DATA, _X}
 _CLIENT_WATCH = frozenset((_X,))
+#: With prepared statements mapped: Parse, Bind, Describe and Close are read whole. A Bind
+#: is as large as its parameters; PostgreSQL's own limit for one message is 1 GB.
+_PREPARED_WATCH = _CLIENT_WATCH | REWRITTEN
+_PREPARED_PEEK = _CLIENT_PEEK - REWRITTEN
+_PREPARED_MAX_BODY = 1 << 30
+_ONE_REQUEST = (REQUESTS, 1)
+#: SQL DEALLOCATE of one of the client's protocol-level statement names.
+_DEALLOCATE = re.compile(rb'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;"]+)\s*;?\s*\x00\Z', re.I)
+_DEALLOCATE_FIRST = frozenset(b" \t\n\r\x0bdD")
 
 #: Startup parameters that are not GUCs and must never be replayed with SET.
 _NOT_SETTABLE = frozenset(("user", "database", "replication", "options"))
@@ -115,6 +126,8 @@ class ClientConnection(PeerProducer, Protocol):
         self._held_bytes = 0
         self._held_requests = 0
         self._unsynced = False
+        self.statements: "ClientStatements | None" = None
+        self._carry = b""
         self._secret = None
         self._scram = None
         self._salt = b""
@@ -145,7 +158,15 @@ class ClientConnection(PeerProducer, Protocol):
             if self.phase == LINKED:
                 if self._framer.single(data) == _Q:
                     self._unsynced = False
+                    if self.statements is not None and data[5] in _DEALLOCATE_FIRST:
+                        if self._deallocate(data):
+                            return
                     self._requests(self.server, 1)
+                elif self.statements is not None:
+                    items, requests = self._prepared_events(data, self._framer.feed(data))
+                    if items:
+                        self._send(self.server, items, requests)
+                    return
                 else:
                     events = self._framer.feed(data)
                     if events:
@@ -187,7 +208,7 @@ class ClientConnection(PeerProducer, Protocol):
         if server is not None:
             self.server = None
             server.unlink()
-            if server.is_clean_boundary():
+            if server.is_clean_boundary() and not self._unsynced and not server.expect:
                 self.pool.release(server)
             else:
                 self.pool.discard(server)
@@ -393,7 +414,11 @@ class ClientConnection(PeerProducer, Protocol):
             self.pool.release(server)
         else:
             self.phase = LINKED
-        self._framer = Framer(_CLIENT_WATCH, peek=_CLIENT_PEEK)
+        if self.transaction_mode and self.pool.statements is not None:
+            self.statements = ClientStatements(self.pool.statements)
+            self._framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK)
+        else:
+            self._framer = Framer(_CLIENT_WATCH, peek=_CLIENT_PEEK)
         held, self._held = self._held, []
         for data in held:
             self.dataReceived(data)
@@ -482,6 +507,9 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _hold(self, data: bytes) -> None:
         """Keep bytes that arrive while no server is linked; start a lease if needed."""
+        if self.statements is not None:
+            self._hold_prepared(data)
+            return
         if self._framer.single(data) == _Q:
             self._unsynced = False
             self._held_requests += 1
@@ -523,9 +551,161 @@ class ClientConnection(PeerProducer, Protocol):
             self.phase = WAITING
             self._acquire(None)
 
+    def _hold_prepared(self, data: bytes) -> None:
+        """L{_hold} with prepared statements mapped: what is held are items to render for
+        whichever server comes."""
+        items = None
+        requests = 1
+        if self._framer.single(data) == _Q:
+            self._unsynced = False
+            if data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
+                return
+        else:
+            items, requests = self._prepared_events(data, self._framer.feed(data))
+            if self.phase == CLOSED or not items:
+                return
+            if self.phase == IDLE and not self._held and self._prepare_only(items):
+                return
+        if self.phase == IDLE and not self._held and not self.pool.closed:
+            server = self.pool.try_lease()
+            if server is not None:
+                if server.synced == self.wanted:
+                    self.server = server
+                    server.link(self)
+                    self.phase = LINKED
+                    self._send(server, data if items is None else items, requests)
+                    return
+                self.phase = WAITING
+                self._keep(data, items, requests)
+                self._leased(server, None)
+                return
+        self._keep(data, items, requests)
+        if self._held_bytes > _HELD_CAP and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+        if self.phase == IDLE:
+            self.phase = WAITING
+            self._acquire(None)
+
+    def _prepare_only(self, items: list) -> bool:
+        """Answer Parse and Sync alone (libpq's PQprepare) without a server: the statement
+        reaches a server with the first Bind or Describe that needs it. Besides saving a
+        round trip, this keeps a synchronous prepare from waiting on a full pool while its
+        own thread holds a server in a transaction (pgbench -M prepared does that)."""
+        answer = []
+        for item in items:
+            if item is _ONE_REQUEST:
+                answer.append(m.READY_IDLE)
+            elif type(item) is tuple and item[0] == PARSE:
+                answer.append(PARSE_COMPLETE)
+            elif item != m.SYNC:
+                return False
+        self.write(b"".join(answer))
+        return True
+
+    def _keep(self, data: bytes, items, requests: int) -> None:
+        if items is None:
+            self._held += (data, _ONE_REQUEST)
+        else:
+            self._held += items
+        self._held_requests += requests
+        self._held_bytes += len(data)
+
+    def _send(self, server, payload, requests: int) -> None:
+        """Send C{payload} (bytes, or items to render for this server) and count its
+        C{requests}."""
+        if type(payload) is list:
+            payload = render(payload, server)
+        if requests:
+            self._requests(server, requests)
+        n = len(payload)
+        if n:
+            self.pool.stats.received += n
+            server.bytes_sent += n
+            server.write(payload)
+
+    def _prepared_events(self, data: bytes, events: list) -> tuple:
+        """Cut a chunk into raw runs and the Parse/Bind/Describe/Close messages to map, with
+        markers for the requests among them: (items for L{render}, request count).
+
+        Offsets are taken in the stream made of the header bytes held back from the last
+        chunk (C{_carry}) followed by C{data}; what the framer still holds at the end (a
+        partial header, a watched message not complete yet) is not forwarded now."""
+        carry = self._carry
+        c = len(carry)
+        framer = self._framer
+        cut = c + len(data) - framer.held
+        items: list = []
+        requests = 0
+        pos = 0
+        for mtype, body, end in events:
+            end += c
+            if body is None:
+                if mtype in _REQUESTS:
+                    self._unsynced = False
+                    requests += 1
+                    if end > cut:
+                        end = cut
+                    if end > pos:
+                        items.append(_span(carry, data, pos, end))
+                        pos = end
+                    items.append(_ONE_REQUEST)
+                elif mtype in _BATCH:
+                    self._unsynced = True
+                elif mtype == _COPY_DONE or mtype == _COPY_FAIL:
+                    self.copy_in = False
+                continue
+            start = end - 5 - len(body)
+            if start > pos:
+                items.append(_span(carry, data, pos, start))
+            if mtype == _X:
+                # Terminate is ours to act on: the server stays open for the next client.
+                self.phase = CLOSED
+                self.close()
+                self._carry = b""
+                return items, requests
+            self._unsynced = True
+            items.append(self.statements.translate(mtype, body))
+            pos = end
+        if cut > pos:
+            items.append(_span(carry, data, pos, cut))
+        self._carry = framer.partial_header
+        return items, requests
+
+    def _deallocate(self, data: bytes) -> bool:
+        """SQL C{DEALLOCATE name} of one of the client's own statement names: answered here
+        (the server never knew that name) when nothing else is in flight. True if done."""
+        match = _DEALLOCATE.match(data, 5)
+        if match is None:
+            return False
+        name = match.group(1)
+        if name[:1] == b'"':
+            name = name[1:-1].replace(b'""', b'"')
+        else:
+            name = name.lower()
+            if name == b"all":
+                return False
+        server = self.server
+        if name not in self.statements.named or (server is not None and server.pending):
+            return False
+        self.statements.deallocate(name)
+        status = server.tx_status if server is not None else b"I"
+        self.query_count += 1
+        self.write(m.command_complete("DEALLOCATE") + m.ready_for_query(status))
+        return True
+
     def _flush_held(self) -> None:
         held, self._held = self._held, []
         server = self.server
+        if self.statements is not None:
+            requests, self._held_requests = self._held_requests, 0
+            if self._paused:
+                self._paused = False
+                self.transport.resumeProducing()
+            if held:
+                self._send(server, held, requests)
+            self._held_bytes = 0
+            return
         if self._held_requests:
             self._requests(server, self._held_requests)
             self._held_requests = 0
@@ -616,6 +796,15 @@ class ClientConnection(PeerProducer, Protocol):
         else:
             self.phase = CLOSED
             self.close()
+
+
+def _span(carry: bytes, data: bytes, start: int, end: int) -> bytes:
+    """Bytes C{start:end} of C{carry + data}, copying only when the span reaches into
+    C{carry}."""
+    c = len(carry)
+    if start >= c:
+        return data[start - c : end - c]
+    return carry[start:] + data[: end - c]
 
 
 class ClientFactory(Factory):

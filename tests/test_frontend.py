@@ -20,6 +20,7 @@ admin_username = "admin"
 admin_password = "x"
 [pools.db]
 pool_mode = "{mode}"
+{extra}
 [[pools.db.users]]
 username = "u"
 password = "p"
@@ -38,6 +39,8 @@ class LinkTestMixin:
     """A logged-in client and the pool's single server, wired in memory."""
 
     mode = "transaction"
+    extra = ""
+    general = ""
 
     def setUp(self):
         self.clock = Clock()
@@ -53,7 +56,9 @@ class LinkTestMixin:
             self.connects += 1
             return succeed(self.server)
 
-        config = loads(CONFIG.format(mode=self.mode))
+        config = loads(
+            CONFIG.format(mode=self.mode, extra=self.extra).replace("[general]", "[general]\n" + self.general)
+        )
         self.registry = PoolRegistry(config, connect=connect, clock=self.clock)
         self.factory = ClientFactory(self.registry, canceller=lambda s: None)
         self.pool = self.registry.pool("db", "u")
@@ -108,11 +113,11 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
 
     def test_pipelined_syncs(self):
         """Two Syncs sent together: the first ReadyForQuery I does not release the server."""
-        batch = m.message(b"P", b"\x00select 1\x00\x00\x00") + m.SYNC
+        batch = m.message(b"E", b"\x00\x00\x00\x00\x00") + m.SYNC
         self.client.dataReceived(batch + batch)
-        self.answer(m.message(b"1") + m.READY_IDLE)
+        self.answer(ANSWER)
         self.assertEqual(self.server.pool_state, "active")
-        self.answer(m.message(b"1") + m.READY_IDLE)
+        self.answer(ANSWER)
         self.assertEqual(self.server.pool_state, "idle")
 
     def test_flush_keeps_the_server(self):
@@ -273,7 +278,7 @@ class MaxConnectionsTests(SynchronousTestCase):
     def test_too_many_clients(self):
         """The client over the limit gets FATAL 53300 "sorry, too many clients already"."""
         config = loads(
-            CONFIG.format(mode="transaction").replace(
+            CONFIG.format(mode="transaction", extra="").replace(
                 'admin_password = "x"', 'admin_password = "x"\nmax_connections = 1'
             )
         )
@@ -302,7 +307,7 @@ class ConnectionLogTests(LinkTestMixin, SynchronousTestCase):
         from twisted.logger import capturedLogs, formatEvent
 
         config = loads(
-            CONFIG.format(mode="transaction").replace(
+            CONFIG.format(mode="transaction", extra="").replace(
                 'admin_password = "x"', f'admin_password = "x"\n{general}'
             )
         )
@@ -322,3 +327,239 @@ class ConnectionLogTests(LinkTestMixin, SynchronousTestCase):
         """Neither is logged when both keys are false."""
         lines = self.logged("log_client_connections = false\nlog_client_disconnections = false")
         self.assertFalse(any("logged in" in line or "disconnected" in line for line in lines), lines)
+
+
+def parse(name: bytes, query: bytes, types: bytes = b"\x00\x00") -> bytes:
+    """A Parse message."""
+    return m.message(b"P", name + b"\x00" + query + b"\x00" + types)
+
+
+def bind(statement: bytes, portal: bytes = b"") -> bytes:
+    """A Bind message without parameters."""
+    return m.message(b"B", portal + b"\x00" + statement + b"\x00\x00\x00\x00\x00\x00\x00")
+
+
+def describe_statement(name: bytes) -> bytes:
+    """A Describe of a statement."""
+    return m.message(b"D", b"S" + name + b"\x00")
+
+
+def close_statement(name: bytes) -> bytes:
+    """A Close of a statement."""
+    return m.message(b"C", b"S" + name + b"\x00")
+
+
+EXECUTE = m.message(b"E", b"\x00\x00\x00\x00\x00")
+PARSE_COMPLETE = m.message(b"1")
+BIND_COMPLETE = m.message(b"2")
+CLOSE_COMPLETE = m.message(b"3")
+NO_DATA = m.message(b"n")
+
+
+class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
+    """Transaction mode with prepared statements mapped to pool-wide DOORMAN_<n> names."""
+
+    extra = "server_prepared_statements_cache_size = 2"
+
+    def sent(self) -> list:
+        """The messages the server was sent since the last call, as (type, body)."""
+        out = _messages(self.server_transport.value())
+        self.server_transport.clear()
+        return out
+
+    def received(self, client=None) -> list:
+        """The message types C{client} (default: the first) was sent since the last call."""
+        transport = (client or self.client).transport
+        out = [t for t, _ in _messages(transport.value())]
+        transport.clear()
+        return out
+
+    def prepare(self, client, name: bytes, query: bytes) -> None:
+        """C{client} prepares C{name} (Parse + Sync, answered by the pooler)."""
+        client.dataReceived(parse(name, query) + m.SYNC)
+        self.received(client)
+
+    def test_parse_and_sync_answered_without_a_server(self):
+        """libpq's PQprepare (Parse, Sync) while idle: ParseComplete and ReadyForQuery I
+        come from the pooler, no server is leased."""
+        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
+        self.assertEqual(self.received(), ["1", "Z"])
+        self.assertEqual(self.server.pool_state, "idle")
+        self.assertEqual(self.sent(), [])
+
+    def test_bind_brings_the_statement_in(self):
+        """Bind of a statement the server lacks: the Parse is injected under the pool-wide
+        name, the Bind renamed, and the injected ParseComplete never reaches the client."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.dataReceived(bind(b"s1") + EXECUTE + m.SYNC)
+        sent = self.sent()
+        self.assertEqual([t for t, _ in sent], ["P", "B", "E", "S"])
+        name = sent[0][1].split(b"\x00")[0]
+        self.assertTrue(name.startswith(b"DOORMAN_"), name)
+        self.assertEqual(sent[0][1], name + b"\x00select 1\x00\x00\x00")
+        self.assertEqual(sent[1][1].split(b"\x00")[1], name)
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+        self.assertEqual(self.received(), ["2", "C", "Z"])
+        self.assertEqual(self.server.pool_state, "idle")
+        self.assertEqual(list(self.server.statements.names), [name])
+
+    def test_second_client_reuses_the_servers_statement(self):
+        """Another client preparing the same text under its own name gets the same server
+        statement: its Parse becomes a no-op Close whose CloseComplete it sees as
+        ParseComplete, and its Bind goes to the existing statement."""
+        self.prepare(self.client, b"mine", b"select 1")
+        self.client.dataReceived(bind(b"mine") + EXECUTE + m.SYNC)
+        name = self.sent()[0][1].split(b"\x00")[0]
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+        other = self.newClient()
+        other.dataReceived(parse(b"theirs", b"select 1") + bind(b"theirs") + EXECUTE + m.SYNC)
+        sent = self.sent()
+        self.assertEqual([t for t, _ in sent], ["C", "B", "E", "S"])
+        self.assertEqual(sent[1][1].split(b"\x00")[1], name)
+        self.answer(CLOSE_COMPLETE + BIND_COMPLETE + ANSWER)
+        self.assertEqual(self.received(other), ["1", "2", "C", "Z"])
+        self.assertEqual((self.server.statements.hits, self.server.statements.misses), (2, 1))
+
+    def test_same_name_different_queries(self):
+        """Two clients using one name for different texts map to different statements."""
+        other = self.newClient()
+        self.prepare(self.client, b"s", b"select 1")
+        self.prepare(other, b"s", b"select 2")
+        self.assertIsNot(self.client.statements.named[b"s"], other.statements.named[b"s"])
+
+    def test_lru_eviction_closes_on_the_server(self):
+        """A third statement on a server that keeps two: the least recently used one is
+        closed first, and that CloseComplete is swallowed."""
+        names = []
+        for i in range(3):
+            query = b"select %d" % i
+            self.client.dataReceived(parse(b"", query) + bind(b"") + EXECUTE + m.SYNC)
+            sent = self.sent()
+            if i < 2:
+                self.assertEqual([t for t, _ in sent], ["P", "B", "E", "S"])
+                names.append(sent[0][1].split(b"\x00")[0])
+                self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+            else:
+                self.assertEqual([t for t, _ in sent], ["C", "P", "B", "E", "S"])
+                self.assertEqual(sent[0][1], b"S" + names[0] + b"\x00")
+                self.answer(CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+            self.assertEqual(self.received(), ["1", "2", "C", "Z"])
+        self.assertEqual(len(self.server.statements), 2)
+        self.assertNotIn(names[0], self.server.statements.names)
+
+    def test_failed_parse_is_rolled_back(self):
+        """A Parse the server rejects: the rest of the group is skipped, the server is not
+        believed to hold the statement, and the client's name is gone."""
+        self.client.dataReceived(parse(b"bad", b"selec 1") + bind(b"bad") + EXECUTE + m.SYNC)
+        self.assertEqual([t for t, _ in self.sent()], ["P", "B", "E", "S"])
+        error = m.error_response("ERROR", "42601", "syntax error")
+        self.answer(error + m.READY_IDLE)
+        self.assertEqual(self.received(), ["E", "Z"])
+        self.assertEqual(len(self.server.statements), 0)
+        self.assertEqual(self.client.statements.named, {})
+        self.assertEqual(len(self.server.expect), 0)
+        self.assertEqual(self.server.pool_state, "idle")
+
+    def test_error_skips_a_later_injected_parse(self):
+        """An error before an injected Parse in the same group: PostgreSQL skips the Parse,
+        so the server is not believed to hold that statement."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.dataReceived(m.query("begin"))
+        self.answer(IN_TX)
+        self.sent()
+        self.received()
+        self.client.dataReceived(bind(b"nope") + EXECUTE + bind(b"s1") + EXECUTE + m.SYNC)
+        self.assertEqual([t for t, _ in self.sent()], ["B", "E", "P", "B", "E", "S"])
+        error = m.error_response("ERROR", "26000", "prepared statement does not exist")
+        self.answer(error + m.ready_for_query(b"E"))
+        self.assertEqual(self.received(), ["E", "Z"])
+        self.assertEqual(len(self.server.statements), 0)
+        self.assertIn(b"s1", self.client.statements.named)
+
+    def test_describe_statement_is_mapped(self):
+        """Describe of a statement goes to the pool-wide name, bringing it in first."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.dataReceived(describe_statement(b"s1") + m.SYNC)
+        sent = self.sent()
+        self.assertEqual([t for t, _ in sent], ["P", "D", "S"])
+        name = sent[0][1].split(b"\x00")[0]
+        self.assertEqual(sent[1][1], b"S" + name + b"\x00")
+        self.answer(PARSE_COMPLETE + m.message(b"t", b"\x00\x00") + NO_DATA + m.READY_IDLE)
+        self.assertEqual(self.received(), ["t", "n", "Z"])
+
+    def test_close_forgets_the_name(self):
+        """Close of a statement: the client's name is gone, the CloseComplete is the client's."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.dataReceived(close_statement(b"s1") + m.SYNC)
+        self.assertEqual([t for t, _ in self.sent()], ["C", "S"])
+        self.answer(CLOSE_COMPLETE + m.READY_IDLE)
+        self.assertEqual(self.received(), ["3", "Z"])
+        self.assertEqual(self.client.statements.named, {})
+
+    def test_sql_deallocate_answered_by_the_pooler(self):
+        """SQL DEALLOCATE of a protocol-level name (psycopg's eviction) is answered here:
+        the server never knew that name."""
+        self.prepare(self.client, b"_pg3_0", b"select 1")
+        self.client.dataReceived(m.query("DEALLOCATE _pg3_0"))
+        self.assertEqual(self.received(), ["C", "Z"])
+        self.assertEqual(self.sent(), [])
+        self.assertEqual(self.client.statements.named, {})
+
+    def test_sql_deallocate_of_other_names_goes_to_the_server(self):
+        """SQL DEALLOCATE of a name the client never prepared through the protocol (an SQL
+        PREPARE) is the server's to answer."""
+        self.client.dataReceived(m.query("deallocate sqlname"))
+        self.assertEqual(self.sent(), [("Q", b"deallocate sqlname\x00")])
+
+    def test_discard_all_clears_both_views(self):
+        """DISCARD ALL on the server: its statements and the client's names are gone."""
+        self.client.dataReceived(parse(b"s1", b"select 1") + bind(b"s1") + EXECUTE + m.SYNC)
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+        self.client.dataReceived(m.query("discard all"))
+        self.answer(m.command_complete("DISCARD ALL") + m.READY_IDLE)
+        self.assertEqual(len(self.server.statements), 0)
+        self.assertEqual(self.client.statements.named, {})
+
+    def test_any_split_sends_the_same_bytes(self):
+        """A pipeline fed one byte at a time reaches the server exactly as when fed whole."""
+        pipeline = (
+            parse(b"a", b"select $1::int", b"\x00\x01\x00\x00\x00\x17")
+            + bind(b"a")
+            + describe_statement(b"a")
+            + EXECUTE
+            + m.SYNC
+            + m.query("select 2")
+        )
+        self.client.dataReceived(pipeline)
+        whole = self.server_transport.value()
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER + ANSWER)
+        self.server.statements.clear()
+        self.server_transport.clear()
+        other = self.newClient()
+        for i in range(len(pipeline)):
+            other.dataReceived(pipeline[i : i + 1])
+        self.assertEqual(self.server_transport.value(), whole)
+
+
+class PreparedStatementsOffTests(LinkTestMixin, SynchronousTestCase):
+    """prepared_statements = false: Parse and Bind pass untouched."""
+
+    general = "prepared_statements = false"
+
+    def test_switched_off(self):
+        """With the feature off, a client's Parse reaches the server as sent."""
+        self.assertIsNone(self.client.statements)
+        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
+        self.assertEqual(self.server_transport.value(), parse(b"s1", b"select 1") + m.SYNC)
+
+
+class PreparedSessionModeTests(LinkTestMixin, SynchronousTestCase):
+    """Session mode never maps statements."""
+
+    mode = "session"
+
+    def test_session_mode_passes_through(self):
+        """A Parse in session mode reaches the server as sent."""
+        self.assertIsNone(self.client.statements)
+        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
+        self.assertEqual(self.server_transport.value(), parse(b"s1", b"select 1") + m.SYNC)

@@ -90,6 +90,9 @@ class Pool:
     @param min_size: servers L{maintain} keeps open (C{min_pool_size}).
     @param check_timeout: servers idle longer than this are probed before a client gets
         them (C{server_idle_check_timeout}); 0 never.
+    @param statements: the pool's L{pgdoorman.prepared.PoolStatements}, or C{None} when
+        prepared statements pass through unmapped (session mode, or switched off).
+    @param server_statements_size: how many mapped statements each server keeps.
     """
 
     log = logger()
@@ -107,8 +110,12 @@ class Pool:
         lifetime: float = 0,
         min_size: int = 0,
         check_timeout: float = 0,
+        statements=None,
+        server_statements_size: int = 0,
     ) -> None:
         self.name = name
+        self.statements = statements
+        self.server_statements_size = server_statements_size
         self.idle_timeout = idle_timeout
         self.lifetime = lifetime
         self.min_size = min_size
@@ -271,6 +278,8 @@ class Pool:
         """Close every idle server, fail the waiters, and discard servers as they return."""
         self.closed = True
         self._stop_expiry()
+        if self.statements is not None:
+            self.statements.close()
         while self.waiters:
             self.waiters.popleft().refused(PoolClosed("pool is shut down"))
         for server in list(self.idle):

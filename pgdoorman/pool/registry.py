@@ -6,6 +6,7 @@ from twisted.application.service import Service
 
 from ..auth import client_scram_secret, server_credentials
 from ..loglevel import logger
+from ..prepared import PoolStatements
 from .pool import Pool, PoolClosed
 
 __all__ = ["PoolRegistry"]
@@ -68,6 +69,9 @@ class PoolRegistry(Service):
             def connector():
                 return self.connect(pool_config, user_config, creds)
 
+            statements = None
+            if user_config.pool_mode == "transaction" and pool_config.server_prepared_statements_cache_size:
+                statements = PoolStatements(pool_config.prepared_statements_cache_size)
             pool = self.pools[key] = Pool(
                 key,
                 size=user_config.pool_size,
@@ -79,6 +83,8 @@ class PoolRegistry(Service):
                 lifetime=user_config.server_lifetime / 1000.0,
                 min_size=user_config.min_pool_size,
                 check_timeout=general.server_idle_check_timeout / 1000.0,
+                statements=statements,
+                server_statements_size=pool_config.server_prepared_statements_cache_size,
             )
         return pool
 

@@ -67,6 +67,21 @@ class Framer:
         self._body = None
 
     @property
+    def held(self) -> int:
+        """How many of the last bytes fed belong to a message not reported whole yet: a
+        partial header, or the header and body so far of a watched message."""
+        if self._head:
+            return len(self._head)
+        if self._body is not None:
+            return 5 + len(self._body)
+        return 0
+
+    @property
+    def partial_header(self) -> bytes:
+        """The start of a message header cut off at the end of the last bytes fed."""
+        return self._head
+
+    @property
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end exactly at a message boundary."""
         return not self._owed and not self._head

@@ -1,0 +1,345 @@
+# -*- test-case-name: tests.test_prepared -*-
+"""Prepared statements that follow a client from server to server in transaction mode.
+
+PgDoorman's scheme (research/pgdoorman.md §3): every distinct (query text, parameter types)
+gets a pool-wide name C{DOORMAN_<n>}; a client's Parse, Bind, Describe and Close on its own
+names (and on the unnamed statement) are mapped to it when they are sent to a server; a
+server that lacks the statement gets the Parse injected before the Bind or Describe that
+needs it, and the ParseComplete the client never asked for is swallowed.
+
+Where a client's Parse names a statement the server already holds, it is replaced by a
+Close of a portal that does not exist: PostgreSQL answers that with a CloseComplete in
+exactly the position the ParseComplete would have taken (and skips it after an error, as it
+would have skipped the Parse), and the pooler turns that answer into a ParseComplete. So the
+position of every answer the pooler adds or changes is PostgreSQL's own, whatever the client
+pipelines.
+
+Each server keeps an C{expect} queue of those answers (ParseComplete and CloseComplete
+only, in send order), each tagged with the number of the Sync group it belongs to; an
+ErrorResponse makes the server skip the rest of its group, so the queued entries of that
+group are dropped and what they assumed is rolled back.
+"""
+
+import itertools
+from collections import OrderedDict, deque
+
+from .protocol import messages as m
+from .protocol.constants import SQLSTATE
+from .protocol.errors import ProtocolViolation
+
+__all__ = [
+    "REWRITTEN",
+    "ClientStatements",
+    "Interner",
+    "PoolStatements",
+    "ServerStatements",
+    "Statement",
+    "interner",
+    "render",
+    "skipped",
+]
+
+_PARSE, _BIND, _DESCRIBE, _CLOSE = (ord(c) for c in "PBDC")
+
+#: The client message types the rewriter reads whole.
+REWRITTEN = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
+
+#: Item codes: a client Parse, Bind or Describe to render for the server it lands on, a
+#: client Close, and a count of requests (Query, Sync, FunctionCall) in the raw bytes before.
+PARSE, BIND, DESCRIBE, CLOSE, REQUESTS = range(5)
+
+#: What an expected ParseComplete/CloseComplete is: the client's own answer, one the client
+#: must not see (an injected Parse, an eviction's Close), or a CloseComplete standing in for
+#: the ParseComplete of a statement the server already had.
+PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE = range(5)
+
+#: Closing a portal that cannot exist: PostgreSQL answers CloseComplete and does nothing.
+_NOOP_CLOSE = m.message(b"C", b"PDOORMAN_NOOP\x00")
+PARSE_COMPLETE = m.message(b"1")
+
+_names = itertools.count(1)
+
+
+class Interner:
+    """Process-wide store of query texts, so each text is kept once however many pools and
+    clients prepare it. Texts are counted by the pool caches that hold them."""
+
+    def __init__(self) -> None:
+        self._texts: dict = {}
+
+    def intern(self, text: bytes) -> bytes:
+        """The stored copy of C{text} (stored now if new), counted once more."""
+        entry = self._texts.get(text)
+        if entry is None:
+            self._texts[text] = entry = [text, 0]
+        entry[1] += 1
+        return entry[0]
+
+    def release(self, text: bytes) -> None:
+        """One holder of C{text} let it go; forget the text when none is left."""
+        entry = self._texts.get(text)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del self._texts[text]
+
+    def __len__(self) -> int:
+        return len(self._texts)
+
+    @property
+    def bytes(self) -> int:
+        """Total size of the stored texts."""
+        return sum(len(text) for text in self._texts)
+
+    def texts(self) -> list:
+        """The stored texts."""
+        return list(self._texts)
+
+    def clear(self) -> None:
+        """RESET INTERNER: forget every text (statements already built keep theirs)."""
+        self._texts.clear()
+
+
+#: The one interner of the process.
+interner = Interner()
+
+
+class Statement:
+    """One pool-wide prepared statement: its server-side name and the Parse that creates it.
+
+    @ivar kind: C{"named"}, C{"anonymous"} or C{"mixed"}: how clients prepared it.
+    @ivar used: how many client Parses mapped to it.
+    """
+
+    __slots__ = ("name", "query", "types", "parse", "kind", "used")
+
+    def __init__(self, query: bytes, types: bytes, kind: str) -> None:
+        self.name = b"DOORMAN_%d" % next(_names)
+        self.query = query
+        self.types = types
+        self.parse = m.message(b"P", self.name + b"\x00" + query + b"\x00" + types)
+        self.kind = kind
+        self.used = 0
+
+    def __repr__(self) -> str:
+        return f"<Statement {self.name.decode()} {self.query[:40]!r}>"
+
+
+class PoolStatements:
+    """A pool's cache: (query text, parameter types) to L{Statement}, least recently used
+    dropped beyond C{size} (clients that still use a dropped one keep it)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.entries: OrderedDict = OrderedDict()
+
+    def get(self, query: bytes, types: bytes, kind: str) -> Statement:
+        """The statement for this text and these types, made if new."""
+        key = (query, types)
+        statement = self.entries.get(key)
+        if statement is None:
+            statement = Statement(interner.intern(query), types, kind)
+            self.entries[key] = statement
+            if len(self.entries) > self.size:
+                _, old = self.entries.popitem(last=False)
+                interner.release(old.query)
+        else:
+            self.entries.move_to_end(key)
+            if statement.kind != kind:
+                statement.kind = "mixed"
+        statement.used += 1
+        return statement
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def bytes(self) -> int:
+        """Size of the cached texts."""
+        return sum(len(s.query) for s in self.entries.values())
+
+    def close(self) -> None:
+        """The pool is gone: let its texts go."""
+        for statement in self.entries.values():
+            interner.release(statement.query)
+        self.entries.clear()
+
+
+class ServerStatements:
+    """The C{DOORMAN_<n>} statements one server holds, least recently used evicted beyond
+    C{size} (with a Close sent before the next message). Statements used since the last
+    request was sent are pinned: closing them would close the portals bound to them."""
+
+    __slots__ = ("size", "names", "hits", "misses", "pinned")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.names: OrderedDict = OrderedDict()
+        self.hits = 0
+        self.misses = 0
+        self.pinned: set = set()
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def discard(self, statement: Statement) -> None:
+        """The server does not hold C{statement} after all (its Parse failed or was skipped)."""
+        self.names.pop(statement.name, None)
+
+    def restore(self, statement: Statement) -> None:
+        """The server still holds C{statement} (its eviction's Close was skipped)."""
+        self.names[statement.name] = statement
+
+    def clear(self) -> None:
+        """The server dropped every statement (DEALLOCATE ALL, DISCARD ALL)."""
+        self.names.clear()
+        self.pinned.clear()
+
+
+class ClientStatements:
+    """One client's view: its statement names (and its unnamed statement) to L{Statement}s.
+
+    @ivar named: client name to statement, kept until Close, DEALLOCATE or disconnect.
+    @ivar anonymous: the statement of the client's latest unnamed Parse.
+    """
+
+    def __init__(self, pool: PoolStatements) -> None:
+        self.pool = pool
+        self.named: dict = {}
+        self.anonymous: "Statement | None" = None
+
+    def translate(self, mtype: int, body: bytes):
+        """Turn one whole client message into an item for L{render} (or its bytes, when
+        it refers to nothing the pooler maps: the server then answers it as PostgreSQL).
+
+        @raise ProtocolViolation: a message without its terminating zero bytes.
+        """
+        try:
+            if mtype == _PARSE:
+                i = body.index(0)
+                j = body.index(0, i + 1)
+                name = body[:i]
+                statement = self.pool.get(body[i + 1 : j], body[j + 1 :], "named" if name else "anonymous")
+                if name:
+                    self.named[name] = statement
+                else:
+                    self.anonymous = statement
+                return (PARSE, statement, name)
+            if mtype == _BIND:
+                i = body.index(0)
+                j = body.index(0, i + 1)
+                name = body[i + 1 : j]
+                statement = self.named.get(name) if name else self.anonymous
+                if statement is not None:
+                    return (BIND, statement, body[: i + 1], body[j + 1 :])
+                return m.message(b"B", body)
+            if mtype == _DESCRIBE:
+                if body[:1] == b"S":
+                    name = body[1 : body.index(0, 1)]
+                    statement = self.named.get(name) if name else self.anonymous
+                    if statement is not None:
+                        return (DESCRIBE, statement)
+                return m.message(b"D", body)
+            if body[:1] == b"S":
+                name = body[1 : body.index(0, 1)]
+                if name:
+                    self.named.pop(name, None)
+            return (CLOSE, m.message(b"C", body))
+        except ValueError:
+            raise ProtocolViolation(
+                SQLSTATE.PROTOCOL_VIOLATION, f"malformed message of type {chr(mtype)!r}"
+            ) from None
+
+    def forget(self, name: bytes, statement: Statement) -> None:
+        """The Parse that made C{name} failed: the client has no such statement."""
+        if name:
+            if self.named.get(name) is statement:
+                del self.named[name]
+        elif self.anonymous is statement:
+            self.anonymous = None
+
+    def deallocate(self, name: "bytes | None") -> bool:
+        """SQL C{DEALLOCATE name} (C{None}: ALL). True if C{name} was the client's."""
+        if name is None:
+            self.named.clear()
+            self.anonymous = None
+            return True
+        return self.named.pop(name, None) is not None
+
+    def clear(self) -> None:
+        """DISCARD ALL: the client's statements are gone."""
+        self.deallocate(None)
+
+
+def render(items: list, server) -> bytes:
+    """The bytes to send C{server} for C{items} (raw C{bytes} and tuples from
+    L{ClientStatements.translate} and request counts), bringing in the statements it lacks
+    and queueing the answers to expect."""
+    cache = server.statements
+    names = cache.names
+    pinned = cache.pinned
+    expect = server.expect
+    group = server.answered + server.pending
+    out = []
+    for item in items:
+        if type(item) is bytes:
+            out.append(item)
+            continue
+        code = item[0]
+        if code == REQUESTS:
+            group += item[1]
+            pinned.clear()
+            continue
+        if code == CLOSE:
+            out.append(item[1])
+            expect.append((group, PASS_CLOSE, None, None))
+            continue
+        statement = item[1]
+        name = statement.name
+        if name in names:
+            names.move_to_end(name)
+            cache.hits += 1
+            if code == PARSE:
+                out.append(_NOOP_CLOSE)
+                expect.append((group, CLOSE_AS_PARSE, statement, item[2]))
+        else:
+            cache.misses += 1
+            while len(names) >= cache.size and _evict(cache, group, out, expect):
+                pass
+            names[name] = statement
+            out.append(statement.parse)
+            if code == PARSE:
+                expect.append((group, PASS_PARSE, statement, item[2]))
+            else:
+                expect.append((group, SWALLOW_PARSE, statement, None))
+        pinned.add(name)
+        if code == BIND:
+            body = item[2] + name + b"\x00" + item[3]
+            out.append(b"B" + (len(body) + 4).to_bytes(4, "big") + body)
+        elif code == DESCRIBE:
+            out.append(b"D" + (len(name) + 6).to_bytes(4, "big") + b"S" + name + b"\x00")
+    return b"".join(out)
+
+
+def _evict(cache: ServerStatements, group: int, out: list, expect: deque) -> bool:
+    for name in cache.names:
+        if name not in cache.pinned:
+            victim = cache.names.pop(name)
+            out.append(m.message(b"C", b"S" + name + b"\x00"))
+            expect.append((group, SWALLOW_CLOSE, victim, None))
+            return True
+    return False
+
+
+def skipped(server, client, before: int) -> None:
+    """Drop the expected answers of Sync groups below C{before}: PostgreSQL skipped their
+    messages after an error (or they were never answered), so undo what they assumed."""
+    expect = server.expect
+    while expect and expect[0][0] < before:
+        _, code, statement, name = expect.popleft()
+        if code == PASS_PARSE or code == SWALLOW_PARSE:
+            server.statements.discard(statement)
+            if code == PASS_PARSE and client is not None and client.statements is not None:
+                client.statements.forget(name, statement)
+        elif code == SWALLOW_CLOSE:
+            server.statements.restore(statement)
