@@ -2,10 +2,12 @@
 """The admin console: the virtual database C{pgdoorman} (alias C{pgbouncer}).
 
 Simple-query commands with PgDoorman's column sets: SHOW HELP, CONFIG, DATABASES, POOLS,
-POOLS_EXTENDED, CLIENTS, SERVERS, STATS, LISTS, USERS, CONNECTIONS, VERSION, LOG_LEVEL;
-SET log_level; PAUSE, RESUME, RECONNECT, KILL [db]; RELOAD; SHUTDOWN.
+POOLS_EXTENDED, CLIENTS, SERVERS, STATS, LISTS, USERS, CONNECTIONS, VERSION, LOG_LEVEL,
+POOLS_MEMORY, PREPARED_STATEMENTS, INTERNER [N]; SET log_level; PAUSE, RESUME, RECONNECT,
+KILL [db]; RELOAD; SHUTDOWN; RESET INTERNER.
 """
 
+import hashlib
 import re
 
 import attrs
@@ -13,6 +15,7 @@ import attrs
 from . import __version__
 from .loglevel import logger
 from .pool.stats import percentile
+from .prepared import interner
 from .protocol import messages as m
 from .protocol.constants import SQLSTATE
 
@@ -37,7 +40,14 @@ _SHOW = (
     "CONNECTIONS",
     "VERSION",
     "LOG_LEVEL",
+    "POOLS_MEMORY",
+    "PREPARED_STATEMENTS",
+    "INTERNER",
 )
+#: Other spellings PgDoorman accepts.
+_SHOW_ALIASES = {"POOL_MEMORY": "POOLS_MEMORY"}
+#: Characters of query text SHOW INTERNER <N> shows.
+_PREVIEW = 120
 _HINT = "Run SHOW HELP for the list of commands."
 
 
@@ -117,9 +127,17 @@ class AdminConsole:
             return m.message(b"I")
         words = text.split()
         verb = words[0].upper()
-        if verb == "SHOW" and len(words) == 2 and words[1].upper() in _SHOW:
-            columns, rows = getattr(self, "show_" + words[1].lower())()
+        if verb == "SHOW" and len(words) == 2:
+            what = _SHOW_ALIASES.get(words[1].upper(), words[1].upper())
+            if what in _SHOW:
+                columns, rows = getattr(self, "show_" + what.lower())()
+                return _result(columns, rows)
+        if verb == "SHOW" and len(words) == 3 and words[1].upper() == "INTERNER" and words[2].isdigit():
+            columns, rows = self.show_interner_top(int(words[2]))
             return _result(columns, rows)
+        if verb == "RESET" and len(words) == 2 and words[1].upper() == "INTERNER":
+            interner.clear()
+            return m.command_complete("RESET")
         if verb == "SET":
             return self._set(text)
         if verb in ("PAUSE", "RESUME", "RECONNECT", "KILL") and len(words) <= 2:
@@ -213,6 +231,7 @@ class AdminConsole:
             ["RESUME [db]"],
             ["RECONNECT [db]"],
             ["KILL [db]"],
+            ["RESET INTERNER"],
         ]
         return [("item", TEXT)], rows
 
@@ -420,9 +439,7 @@ class AdminConsole:
                         server.bytes_sent,
                         server.bytes_received,
                         int(now - server.created_at),
-                        0,
-                        0,
-                        0,
+                        *_cache_counts(server.statements),
                     ]
                 )
         columns = [
@@ -443,6 +460,116 @@ class AdminConsole:
             ("prepare_cache_miss", INT8),
             ("prepare_cache_size", INT8),
         ]
+        return columns, rows
+
+    def show_pools_memory(self):
+        """SHOW POOLS_MEMORY: the prepared-statement caches of each pool and its clients."""
+        clients: dict = {}
+        for client in self.factory.clients:
+            if client.statements is not None:
+                clients.setdefault(client.statements.pool, []).append(client.statements)
+        rows = []
+        for pool in self.registry.all_pools():
+            cache = pool.statements
+            views = clients.get(cache, []) if cache is not None else []
+            named = sum(len(view.named) for view in views)
+            anonymous = sum(view.anonymous is not None for view in views)
+            referenced = sum(
+                len(s.query)
+                for view in views
+                for s in [*view.named.values(), *([view.anonymous] if view.anonymous else [])]
+            )
+            rows.append(
+                [
+                    pool.name[0],
+                    pool.name[1],
+                    len(cache) if cache is not None else 0,
+                    cache.bytes if cache is not None else 0,
+                    named + anonymous,
+                    referenced,
+                    named,
+                    anonymous,
+                    0,
+                    0,
+                ]
+            )
+        columns = [
+            ("database", TEXT),
+            ("user", TEXT),
+            ("pool_prepared_count", INT8),
+            ("pool_prepared_bytes", INT8),
+            ("client_prepared_count", INT8),
+            ("client_prepared_bytes", INT8),
+            ("client_named_count", INT8),
+            ("client_anonymous_count", INT8),
+            ("client_anonymous_evictions_alive", INT8),
+            ("async_clients", INT8),
+        ]
+        return columns, rows
+
+    def show_prepared_statements(self):
+        """SHOW PREPARED_STATEMENTS: every pool cache entry, most used first."""
+        rows = []
+        for pool in self.registry.all_pools():
+            if pool.statements is None:
+                continue
+            label = f"{pool.name[0]}.{pool.name[1]}"
+            for statement in pool.statements.entries.values():
+                rows.append(
+                    [
+                        label,
+                        _statement_hash(statement),
+                        statement.name.decode(),
+                        statement.query.decode("utf-8", "replace"),
+                        statement.used,
+                        statement.kind,
+                    ]
+                )
+        rows.sort(key=lambda row: -row[4])
+        columns = [
+            ("pool", TEXT),
+            ("hash", INT8),
+            ("name", TEXT),
+            ("query", TEXT),
+            ("count_used", INT8),
+            ("kind", TEXT),
+        ]
+        return columns, rows
+
+    def _interned(self) -> list:
+        """(text, kind) for every interned text: named if any statement using it is."""
+        kinds: dict = {}
+        for pool in self.registry.all_pools():
+            if pool.statements is not None:
+                for statement in pool.statements.entries.values():
+                    if kinds.get(statement.query) != "named":
+                        kinds[statement.query] = "anonymous" if statement.kind == "anonymous" else "named"
+        return [(text, kinds.get(text, "named")) for text in interner.texts()]
+
+    def show_interner(self):
+        """SHOW INTERNER: how many query texts are stored once, and their size, by kind."""
+        totals = {"named": [0, 0], "anonymous": [0, 0]}
+        for text, kind in self._interned():
+            totals[kind][0] += 1
+            totals[kind][1] += len(text)
+        rows = [[kind, entries, size] for kind, (entries, size) in totals.items()]
+        return [("kind", TEXT), ("entries", INT8), ("bytes", INT8)], rows
+
+    def show_interner_top(self, limit: int):
+        """SHOW INTERNER <N>: the N longest stored texts. Texts have no idle clock here
+        (they live as long as a pool cache holds them), so idle_ms is -1 for all."""
+        interned = sorted(self._interned(), key=lambda item: -len(item[0]))[:limit]
+        rows = [
+            [
+                f"{int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), 'big'):016x}",
+                kind,
+                len(text),
+                -1,
+                text[:_PREVIEW].decode("utf-8", "replace"),
+            ]
+            for text, kind in interned
+        ]
+        columns = [("hash", TEXT), ("kind", TEXT), ("bytes", INT8), ("idle_ms", INT8), ("query", TEXT)]
         return columns, rows
 
     def show_stats(self):
@@ -563,3 +690,16 @@ def _address(peer) -> str:
     if host is None:
         return str(getattr(peer, "name", "") or "unix")
     return f"{host}:{peer.port}"
+
+
+def _cache_counts(statements) -> tuple:
+    """SHOW SERVERS prepare_cache_hit, _miss and _size of a server's statements (or None)."""
+    if statements is None:
+        return 0, 0, 0
+    return statements.hits, statements.misses, len(statements)
+
+
+def _statement_hash(statement) -> int:
+    """A stable number for a statement's text and parameter types (63 bits: an int8)."""
+    digest = hashlib.blake2b(statement.query + b"\x00" + statement.types, digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1

@@ -1,6 +1,10 @@
 """Unit tests for the client/server linking in L{pgdoorman.frontend} and
 L{pgdoorman.backend}, in memory: real pool and protocols, StringTransports, a Clock."""
 
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
@@ -539,6 +543,45 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         for i in range(len(pipeline)):
             other.dataReceived(pipeline[i : i + 1])
         self.assertEqual(self.server_transport.value(), whole)
+
+
+class PreparedSplitTests(SynchronousTestCase):
+    """Prepared-statement mapping does not depend on how the client's bytes are cut."""
+
+    PIPELINE = (
+        parse(b"a", b"select $1::int", b"\x00\x01\x00\x00\x00\x17")
+        + bind(b"a")
+        + describe_statement(b"a")
+        + EXECUTE
+        + m.message(b"H")
+        + parse(b"", b"select 2")
+        + bind(b"")
+        + EXECUTE
+        + close_statement(b"a")
+        + m.SYNC
+        + m.query("select 3")
+    )
+
+    def server_bytes(self, cuts: list) -> list:
+        """The messages the server receives when a fresh client sends PIPELINE cut at C{cuts}."""
+        case = PreparedStatementTests("test_any_split_sends_the_same_bytes")
+        case.setUp()
+        data = self.PIPELINE
+        start = 0
+        for cut in sorted(set(cuts)) + [len(data)]:
+            case.client.dataReceived(data[start:cut])
+            start = cut
+        # Statement numbers (and so message lengths) grow from one fresh pool to the next.
+        return [
+            (t, re.sub(rb"DOORMAN_\d+", b"DOORMAN_n", body))
+            for t, body in _messages(case.server_transport.value())
+        ]
+
+    @settings(max_examples=200, deadline=None)
+    @given(cuts=st.lists(st.integers(1, len(PIPELINE) - 1), max_size=8))
+    def test_random_splits(self, cuts):
+        """Any cutting of a pipeline sends the server the same bytes as one chunk."""
+        self.assertEqual(self.server_bytes(cuts), self.server_bytes([]))
 
 
 class PreparedStatementsOffTests(LinkTestMixin, SynchronousTestCase):
