@@ -8,6 +8,7 @@ This is the pooler's Python cost per transaction on top of the reactor and the k
 
     python bench/hotpath.py                 # time per transaction
     python bench/hotpath.py --profile N     # cProfile, top N functions by own time
+    python bench/hotpath.py --mode prepared # pgbench -M prepared (or extended) instead
 """
 
 import argparse
@@ -39,13 +40,25 @@ password = "bench"
 pool_size = 1
 """
 
-QUERY = m.query("SELECT abalance FROM pgbench_accounts WHERE aid = 4242;")
-ANSWER = (
-    m.row_description([("abalance", 23)])
-    + m.data_row(["0"])
-    + m.command_complete("SELECT 1")
-    + m.READY_IDLE
-)
+SQL = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+ROWS = m.row_description([("abalance", 23)]) + m.data_row(["0"]) + m.command_complete("SELECT 1") + m.READY_IDLE
+_BIND_REST = b"\x00\x00\x00\x01\x00\x00\x00\x044242\x00\x01\x00\x00"
+_DESCRIBE_EXECUTE_SYNC = m.message(b"D", b"P\x00") + m.message(b"E", b"\x00\x00\x00\x00\x00") + m.SYNC
+
+#: What pgbench -S sends for one transaction, and the server's answer, per -M mode.
+MODES = {
+    "simple": (m.query(SQL.replace(b"$1", b"4242").decode()), ROWS),
+    "extended": (
+        m.message(b"P", b"\x00" + SQL + b"\x00\x00\x00")
+        + m.message(b"B", b"\x00\x00" + _BIND_REST)
+        + _DESCRIBE_EXECUTE_SYNC,
+        m.message(b"3") + m.message(b"2") + ROWS,
+    ),
+    "prepared": (
+        m.message(b"B", b"\x00P_0\x00" + _BIND_REST) + _DESCRIBE_EXECUTE_SYNC,
+        m.message(b"2") + ROWS,
+    ),
+}
 
 
 class NullTransport(StringTransport):
@@ -73,11 +86,14 @@ def build():
     return client, server
 
 
-def run(client, server, n: int) -> None:
+def run(client, server, n: int, mode: str = "simple") -> None:
     """N transactions."""
+    query, answer = MODES[mode]
+    if mode == "prepared":
+        client.dataReceived(m.message(b"P", b"P_0\x00" + SQL + b"\x00\x00\x00") + m.SYNC)
     for _ in range(n):
-        client.dataReceived(QUERY)
-        server.dataReceived(ANSWER)
+        client.dataReceived(query)
+        server.dataReceived(answer)
 
 
 def main() -> int:
@@ -85,17 +101,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=200_000, help="transactions (default 200000)")
     parser.add_argument("--profile", type=int, metavar="N", help="print a cProfile of the top N")
+    parser.add_argument("--mode", choices=sorted(MODES), default="simple", help="pgbench -M (default simple)")
     args = parser.parse_args()
     client, server = build()
-    run(client, server, 1000)
+    run(client, server, 1000, args.mode)
     assert server.client is None and server.pool_state == "idle", "the transaction did not complete"
     if args.profile:
         profile = cProfile.Profile()
-        profile.runcall(run, client, server, args.n)
+        profile.runcall(run, client, server, args.n, args.mode)
         pstats.Stats(profile, stream=sys.stdout).sort_stats("tottime").print_stats(args.profile)
         return 0
     started = time.perf_counter()
-    run(client, server, args.n)
+    run(client, server, args.n, args.mode)
     elapsed = time.perf_counter() - started
     print(f"{elapsed / args.n * 1e6:.2f} us per transaction ({args.n} transactions)")
     return 0

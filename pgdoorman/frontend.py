@@ -592,6 +592,8 @@ class ClientConnection(PeerProducer, Protocol):
         reaches a server with the first Bind or Describe that needs it. Besides saving a
         round trip, this keeps a synchronous prepare from waiting on a full pool while its
         own thread holds a server in a transaction (pgbench -M prepared does that)."""
+        if type(items[0]) is not tuple or items[0][0] != PARSE:
+            return False
         answer = []
         for item in items:
             if item is _ONE_REQUEST:
@@ -655,18 +657,27 @@ class ClientConnection(PeerProducer, Protocol):
                 elif mtype == _COPY_DONE or mtype == _COPY_FAIL:
                     self.copy_in = False
                 continue
-            start = end - 5 - len(body)
-            if start > pos:
-                items.append(_span(carry, data, pos, start))
             if mtype == _X:
+                start = end - 5
+                if start > pos:
+                    items.append(_span(carry, data, pos, start))
                 # Terminate is ours to act on: the server stays open for the next client.
                 self.phase = CLOSED
                 self.close()
                 self._carry = b""
                 return items, requests
             self._unsynced = True
-            items.append(self.statements.translate(mtype, body))
-            pos = end
+            item = self.statements.translate(mtype, body)
+            if item is not None:
+                start = end - 5 - len(body)
+                if start > pos:
+                    items.append(_span(carry, data, pos, start))
+                items.append(item)
+                pos = end
+            elif pos > end - 5 - len(body):
+                # Unchanged, but its start was held back with an earlier chunk.
+                items.append(m.message(bytes((mtype,)), body))
+                pos = end
         if cut > pos:
             items.append(_span(carry, data, pos, cut))
         self._carry = framer.partial_header

@@ -209,8 +209,9 @@ class ClientStatements:
         self.anonymous: "Statement | None" = None
 
     def translate(self, mtype: int, body: bytes):
-        """Turn one whole client message into an item for L{render} (or its bytes, when
-        it refers to nothing the pooler maps: the server then answers it as PostgreSQL).
+        """Turn one whole client message into an item for L{render}, or C{None} when it
+        goes on unchanged (it refers to nothing the pooler maps: the server then answers
+        it as PostgreSQL would).
 
         @raise ProtocolViolation: a message without its terminating zero bytes.
         """
@@ -232,14 +233,14 @@ class ClientStatements:
                 statement = self.named.get(name) if name else self.anonymous
                 if statement is not None:
                     return (BIND, statement, body[: i + 1], body[j + 1 :])
-                return m.message(b"B", body)
+                return None
             if mtype == _DESCRIBE:
                 if body[:1] == b"S":
                     name = body[1 : body.index(0, 1)]
                     statement = self.named.get(name) if name else self.anonymous
                     if statement is not None:
                         return (DESCRIBE, statement)
-                return m.message(b"D", body)
+                return None
             if body[:1] == b"S":
                 name = body[1 : body.index(0, 1)]
                 if name:

@@ -553,6 +553,8 @@ class PreparedSplitTests(SynchronousTestCase):
         + bind(b"a")
         + describe_statement(b"a")
         + EXECUTE
+        + m.message(b"D", b"P\x00")
+        + bind(b"unknown")
         + m.message(b"H")
         + parse(b"", b"select 2")
         + bind(b"")
