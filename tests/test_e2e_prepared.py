@@ -7,10 +7,13 @@ statements, to show eviction on the server side.
 """
 
 import asyncio
+import os
 import re
 import resource
 import signal
 import subprocess
+import sys
+from unittest import SkipTest
 
 import asyncpg
 import psycopg
@@ -205,6 +208,33 @@ class PreparedStatementsTests(ClusterMixin, TestCase):
         with conn.pipeline():
             cursors = [conn.execute("select %s::int * 2", (k,), prepare=True) for k in range(50)]
         self.assertEqual([c.fetchone()[0] for c in cursors], [2 * k for k in range(50)])
+
+    def test_psycopg_evicts_with_sql_deallocate(self):
+        """psycopg 3 with the system libpq (older than 17) evicts statements beyond
+        C{prepared_max} with SQL C{DEALLOCATE name}, a name only the pooler knows: it keeps
+        working. (The binary psycopg bundles a newer libpq, which evicts with a protocol
+        Close; that path is the LRU test's.)"""
+        script = f"""
+import psycopg
+conn = psycopg.connect({self.dsn!r}, autocommit=True)
+conn.prepared_max = 2
+for round_ in range(3):
+    for k in range(6):
+        row = conn.execute(f"select %s::int + {{k}}", (round_,), prepare=True).fetchone()
+        assert row[0] == round_ + k, (row, round_, k)
+print(psycopg.pq.__impl__, psycopg.pq.version() < 170000)
+"""
+        result = subprocess.run(
+            [sys.executable, "-c", script],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={**os.environ, "PSYCOPG_IMPL": "python"},
+        )
+        if "libpq" in result.stderr and result.returncode:
+            raise SkipTest(f"no system libpq for psycopg's python implementation: {result.stderr[-200:]}")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertEqual(result.stdout.split(), ["python", "True"])
 
     def test_same_name_different_queries(self):
         """Two clients preparing the same name for different queries each get their own."""
