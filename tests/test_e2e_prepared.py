@@ -23,7 +23,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 
 from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
-from .rawclient import RawClient, parse_data_row
+from .rawclient import RawClient, parse_data_row, parse_row_description
 from .test_admin import psql
 from .test_e2e_transaction import Sampler
 
@@ -248,6 +248,83 @@ print(psycopg.pq.__impl__, psycopg.pq.version() < 170000)
                 client.send(bind_execute_sync(b"s"))
                 rows = [parse_data_row(body) for t, body in self.until_ready(client) if t == "D"]
                 self.assertEqual(rows, [[expected]])
+
+    def conversation(self, client: RawClient, steps: list) -> list:
+        """Send each step and collect the answers up to each ReadyForQuery expected: a list
+        of (type, body) lists, one per Sync."""
+        out = []
+        for data in steps:
+            client.send(data)
+            for _ in range(data.count(m.SYNC)):
+                out.append(self.until_ready(client))
+        return out
+
+    def direct(self) -> RawClient:
+        """A logged-in L{RawClient} straight to PostgreSQL."""
+        client = RawClient(self.cluster.port, timeout=30)
+        self.addCleanup(client.close)
+        self.assertTrue(client.login("bench", "bench", PASSWORD).ok)
+        return client
+
+    def test_error_in_a_pipeline(self):
+        """Two Sync groups sent at once (an Npgsql batch), the first failing in its middle:
+        the client gets exactly the answers PostgreSQL gives a direct connection, and the
+        statements still work afterwards."""
+        execute = m.message(b"E", b"\x00\x00\x00\x00\x00")
+
+        def bind(name: bytes) -> bytes:
+            return m.message(b"B", b"\x00" + name + b"\x00\x00\x00\x00\x00\x00\x00")
+
+        steps = [
+            parse(b"ok", b"select 1") + parse(b"bad", b"select 1/0") + m.SYNC,
+            bind(b"ok")
+            + execute
+            + bind(b"bad")
+            + execute
+            + bind(b"ok")
+            + execute
+            + m.SYNC
+            + parse(b"later", b"select 2")
+            + bind(b"ok")
+            + execute
+            + m.SYNC,
+            bind_execute_sync(b"later") + bind_execute_sync(b"ok"),
+        ]
+
+        def shape(groups):
+            return [[(t, body) if t in "DC" else t for t, body in group if t != "N"] for group in groups]
+
+        direct = shape(self.conversation(self.direct(), steps))
+        pooled = shape(self.conversation(self.raw(), steps))
+        self.assertEqual(pooled, direct)
+        self.assertEqual([t for t in direct[1] if isinstance(t, str)], ["2", "E", "Z"])
+
+    def test_describe_brings_the_statement_to_a_new_server(self):
+        """A standalone Describe of a statement (pgJDBC's getMetaData) on a server that has
+        never seen it: the pooler parses it there first."""
+        client = self.raw()
+        client.send(parse(b"meta", b"select 1 as one, 'x'::text as two") + m.SYNC)
+        self.until_ready(client)
+        client.send(m.message(b"D", b"Smeta\x00") + m.SYNC)
+        answers = self.until_ready(client)
+        self.assertEqual([t for t, _ in answers], ["t", "T", "Z"])
+        self.assertEqual(parse_row_description(answers[1][1]), ["one", "two"])
+
+    def test_failed_parse_reported_at_use(self):
+        """A Parse with a syntax error, sent alone with Sync, is answered by the pooler (the
+        statement reaches a server only when used); each use then reports PostgreSQL's own
+        42601, and the session goes on."""
+        client = self.raw()
+        client.send(parse(b"broken", b"selec 1") + m.SYNC)
+        self.assertEqual([t for t, _ in self.until_ready(client)], ["1", "Z"])
+        for _ in range(2):
+            client.send(bind_execute_sync(b"broken"))
+            answers = self.until_ready(client)
+            self.assertEqual([t for t, _ in answers], ["E", "Z"])
+            self.assertIn(b"C42601", answers[0][1])
+        client.send(m.query("select 7"))
+        rows = [parse_data_row(body) for t, body in self.until_ready(client) if t == "D"]
+        self.assertEqual(rows, [["7"]])
 
     def until_ready(self, client: RawClient) -> list:
         """Messages up to and including ReadyForQuery."""
