@@ -303,7 +303,9 @@ class ServerConnection(PeerProducer, Protocol):
         else:
             self._framer.watch = _PREPARED_WATCH
             if self.statements is None:
-                self.statements = ServerStatements(client.pool.server_statements_size)
+                # At least one: a pool reloaded without prepared statements still has
+                # clients from before that map theirs.
+                self.statements = ServerStatements(max(1, client.pool.server_statements_size))
         if client.out_paused:
             self.transport.pauseProducing()
         if self.out_paused:

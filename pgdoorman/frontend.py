@@ -453,8 +453,11 @@ class ClientConnection(PeerProducer, Protocol):
         self._lease_failed(reason)
 
     def _leased(self, server, then) -> None:
-        # A waiter moved to a new pool by RELOAD gets that pool's server.
+        # A waiter moved to a new pool by RELOAD gets that pool's server, and its
+        # statements go to that pool's cache from now on.
         self.pool = server.home
+        if self.statements is not None and self.pool.statements is not None:
+            self.statements.pool = self.pool.statements
         if self.phase == CLOSED:
             self.pool.release(server)
             return
