@@ -147,6 +147,7 @@ class ServerConnection(PeerProducer, Protocol):
         self.pool_state = None
         self.usable = True
         self.params: dict = {}
+        self._parameter_messages: "bytes | None" = None
         self.applied: dict = {}
         self.backend_pid = 0
         self.backend_key = 0
@@ -190,7 +191,7 @@ class ServerConnection(PeerProducer, Protocol):
             apply_socket_options(self.transport, self.socket_options)
         self.write = eager_writer(self.transport)
         self.transport.registerProducer(self, True)
-        self.transport.write(m.startup_message(self.startup))
+        self.write(m.startup_message(self.startup))
 
     def dataReceived(self, data: bytes) -> None:
         """Forward to the linked client, or run the login and internal-query conversations."""
@@ -356,9 +357,17 @@ class ServerConnection(PeerProducer, Protocol):
     def _parameter(self, body: bytes) -> tuple:
         name, value = m.parse_parameter_status(body)
         self.params[name] = value
+        self._parameter_messages = None
         self.applied.pop(name, None)
         self.synced = None
         return name, value
+
+    def parameter_messages(self) -> bytes:
+        """A ParameterStatus for each of the server's parameters, as a client is sent at
+        login (built once per change: every transaction-mode login asks)."""
+        if self._parameter_messages is None:
+            self._parameter_messages = b"".join(m.parameter_status(k, v) for k, v in self.params.items())
+        return self._parameter_messages
 
     def needs_cleanup(self) -> bool:
         """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind."""
@@ -436,7 +445,7 @@ class ServerConnection(PeerProducer, Protocol):
         self._internal = Deferred()
         self._internal_error = None
         self.pending += 1
-        self.transport.write(m.query(sql))
+        self.write(m.query(sql))
         return self._internal
 
     def close(self) -> None:
@@ -511,7 +520,7 @@ class ServerConnection(PeerProducer, Protocol):
                 raise AuthenticationFailed(
                     "PostgreSQL asks for a cleartext password; configure server_password"
                 )
-            self.transport.write(m.password_message(creds.password.encode("utf-8")))
+            self.write(m.password_message(creds.password.encode("utf-8")))
         elif code == 5:
             stored = creds.md5
             if creds.password is not None:
@@ -520,7 +529,7 @@ class ServerConnection(PeerProducer, Protocol):
                 raise AuthenticationFailed(
                     "PostgreSQL asks for md5 but the configured secret is a SCRAM verifier"
                 )
-            self.transport.write(m.password_message(md5_response(stored, payload)))
+            self.write(m.password_message(md5_response(stored, payload)))
         elif code == 10:
             mechanisms = payload.split(b"\x00")
             if SCRAM_MECHANISM.encode() not in mechanisms:
@@ -535,9 +544,9 @@ class ServerConnection(PeerProducer, Protocol):
                 raise AuthenticationFailed(
                     "PostgreSQL asks for scram-sha-256 but the configured secret is an md5 hash"
                 )
-            self.transport.write(m.sasl_initial_response(SCRAM_MECHANISM, self._scram.client_first()))
+            self.write(m.sasl_initial_response(SCRAM_MECHANISM, self._scram.client_first()))
         elif code == 11 and self._scram is not None:
-            self.transport.write(m.sasl_response(self._scram.handle_server_first(payload)))
+            self.write(m.sasl_response(self._scram.handle_server_first(payload)))
         elif code == 12 and self._scram is not None:
             self._scram.handle_server_final(payload)
             self._scram = None

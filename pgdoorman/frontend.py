@@ -236,7 +236,7 @@ class ClientConnection(PeerProducer, Protocol):
         if self.phase == CLOSED:
             return
         self.phase = CLOSED
-        self.transport.write(error)
+        self.write(error)
         self.close()
 
     # -- startup and authentication
@@ -254,7 +254,7 @@ class ClientConnection(PeerProducer, Protocol):
                     raise ProtocolViolation(
                         SQLSTATE.PROTOCOL_VIOLATION, "unexpected data after encryption request"
                     )
-                self.transport.write(b"N")
+                self.write(b"N")
             elif isinstance(event, CancelRequest):
                 self.factory.counts["cancel"] += 1
                 self.phase = CLOSED
@@ -269,9 +269,7 @@ class ClientConnection(PeerProducer, Protocol):
         self.user = params["user"]
         self.database = params["database"]
         if event.minor:
-            self.transport.write(
-                m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")])
-            )
+            self.write(m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")]))
         self.wanted = frozenset(
             (_CANONICAL.get(k.lower(), k), v)
             for k, v in params.items()
@@ -287,7 +285,7 @@ class ClientConnection(PeerProducer, Protocol):
             self._md5 = md5_hash(general.admin_username, general.admin_password)
             self._salt = os.urandom(4)
             self.phase = AUTH_MD5
-            self.transport.write(m.auth_md5(self._salt))
+            self.write(m.auth_md5(self._salt))
             if rest:
                 self._auth_phase(rest)
             return
@@ -305,11 +303,11 @@ class ClientConnection(PeerProducer, Protocol):
             self._md5 = self.user_config.password
             self._salt = os.urandom(4)
             self.phase = AUTH_MD5
-            self.transport.write(m.auth_md5(self._salt))
+            self.write(m.auth_md5(self._salt))
         elif kind in ("scram", "plain"):
             self._secret = registry.scram_secret(self.database, self.user)
             self.phase = AUTH_SASL_FIRST
-            self.transport.write(m.auth_sasl([SCRAM_MECHANISM]))
+            self.write(m.auth_sasl([SCRAM_MECHANISM]))
         else:
             self._auth_failed()
             return
@@ -345,12 +343,12 @@ class ClientConnection(PeerProducer, Protocol):
                 raise AuthenticationFailed("unsupported SASL mechanism")
             self._scram = ScramServer(self._secret)
             self.phase = AUTH_SASL_FINAL
-            self.transport.write(m.auth_sasl_continue(self._scram.handle_client_first(payload)))
+            self.write(m.auth_sasl_continue(self._scram.handle_client_first(payload)))
         elif self.phase == AUTH_SASL_FINAL:
             final = self._scram.handle_client_final(body)
             self.factory.registry.learn_client_key(self.database, self.user, self._scram.client_key)
             self._scram = None
-            self.transport.write(m.auth_sasl_final(final))
+            self.write(m.auth_sasl_final(final))
             self._authenticated()
 
     def _admin_phase(self, data: bytes) -> None:
@@ -384,21 +382,16 @@ class ClientConnection(PeerProducer, Protocol):
     def _authenticated(self) -> None:
         if self.admin:
             self.phase = ADMIN
-            self.transport.write(
-                m.AUTH_OK + _ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE
-            )
+            self.write(m.AUTH_OK + _ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
             self._admin_skip = False
             return
         self.phase = LOGIN
-        self.transport.write(m.AUTH_OK)
+        self.write(m.AUTH_OK)
         self.pool = self.factory.registry.pool(self.database, self.user)
         self._acquire(self._logged_in)
 
     def _logged_in(self, server) -> None:
-        write = self.transport.write
-        write(b"".join(m.parameter_status(k, v) for k, v in server.params.items()))
-        write(m.backend_key_data(self.id, self.key))
-        write(m.READY_IDLE)
+        self.write(server.parameter_messages() + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
         if self.factory.log_connections:
             self.log.info(
                 "client {client!r} from {peer} logged in ({mode} mode)",

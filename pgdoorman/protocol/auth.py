@@ -135,7 +135,9 @@ def _sha256(data: bytes) -> bytes:
 
 
 def _xor(a: bytes, b: bytes) -> bytes:
-    return bytes(x ^ y for x, y in zip(a, b, strict=True))
+    if len(a) != len(b):
+        raise ValueError("xor of unequal lengths")
+    return (int.from_bytes(a, "big") ^ int.from_bytes(b, "big")).to_bytes(len(a), "big")
 
 
 def _b64decode(data: bytes) -> bytes:
@@ -156,9 +158,12 @@ def _parse_iterations(data: bytes) -> int:
     return iterations
 
 
+_NONCE_BYTES = bytes(b for b in range(0x21, 0x7F) if b != 0x2C)
+
+
 def _is_nonce(nonce: bytes) -> bool:
     # RFC 5802 "printable": 0x21-0x7E except the comma.
-    return bool(nonce) and all(0x21 <= b <= 0x7E and b != 0x2C for b in nonce)
+    return bool(nonce) and not nonce.translate(None, _NONCE_BYTES)
 
 
 def _own_nonce(nonce: bytes | None) -> bytes:
