@@ -502,21 +502,35 @@ class ClientConnection(PeerProducer, Protocol):
         self.fatal(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler")
 
     def _hold(self, data: bytes) -> None:
-        """Keep bytes that arrive while no server is linked; start a lease if needed."""
-        if self.statements is not None:
-            self._hold_prepared(data)
-            return
+        """Keep bytes that arrive while no server is linked; start a lease if needed.
+
+        With prepared statements mapped, what is kept are items to render for whichever
+        server comes (L{_prepared_events}); otherwise the bytes themselves."""
         if self._framer.single(data) == _Q:
             self._unsynced = False
-            self._held_requests += 1
+            if self.statements is not None and data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
+                return
+            payload = data
+            requests = 1
+        elif self.statements is not None:
+            payload, requests = self._prepared_events(data, self._framer.feed(data))
+            if self.phase == CLOSED or not payload:
+                return
+            if self.phase == IDLE and not self._held and self._prepare_only(payload):
+                return
         else:
+            # _client_events counts the requests of a client without a server as held.
+            before = self._held_requests
             events = self._framer.feed(data)
             if events:
                 data = self._client_events(data, events)
                 if self.phase == CLOSED:
                     return
-        if not data:
-            return
+            requests = self._held_requests - before
+            self._held_requests = before
+            if not data:
+                return
+            payload = data
         if self.phase == IDLE and not self._held and not self.pool.closed:
             # The usual start of a transaction: an idle server already set up for us.
             server = self.pool.try_lease()
@@ -525,21 +539,13 @@ class ClientConnection(PeerProducer, Protocol):
                     self.server = server
                     server.link(self)
                     self.phase = LINKED
-                    if self._held_requests:
-                        self._requests(server, self._held_requests)
-                        self._held_requests = 0
-                    n = len(data)
-                    self.pool.stats.received += n
-                    server.bytes_sent += n
-                    server.write(data)
+                    self._send(server, payload, requests)
                     return
-                self._held.append(data)
-                self._held_bytes = len(data)
                 self.phase = WAITING
+                self._keep(data, payload, requests)
                 self._leased(server, None)
                 return
-        self._held.append(data)
-        self._held_bytes += len(data)
+        self._keep(data, payload, requests)
         if self._held_bytes > _HELD_CAP and not self._paused:
             self._paused = True
             self.transport.pauseProducing()
@@ -547,41 +553,15 @@ class ClientConnection(PeerProducer, Protocol):
             self.phase = WAITING
             self._acquire(None)
 
-    def _hold_prepared(self, data: bytes) -> None:
-        """L{_hold} with prepared statements mapped: what is held are items to render for
-        whichever server comes."""
-        items = None
-        requests = 1
-        if self._framer.single(data) == _Q:
-            self._unsynced = False
-            if data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
-                return
+    def _keep(self, data: bytes, payload, requests: int) -> None:
+        if type(payload) is list:
+            self._held += payload
+        elif self.statements is not None:
+            self._held += (payload, _ONE_REQUEST)
         else:
-            items, requests = self._prepared_events(data, self._framer.feed(data))
-            if self.phase == CLOSED or not items:
-                return
-            if self.phase == IDLE and not self._held and self._prepare_only(items):
-                return
-        if self.phase == IDLE and not self._held and not self.pool.closed:
-            server = self.pool.try_lease()
-            if server is not None:
-                if server.synced == self.wanted:
-                    self.server = server
-                    server.link(self)
-                    self.phase = LINKED
-                    self._send(server, data if items is None else items, requests)
-                    return
-                self.phase = WAITING
-                self._keep(data, items, requests)
-                self._leased(server, None)
-                return
-        self._keep(data, items, requests)
-        if self._held_bytes > _HELD_CAP and not self._paused:
-            self._paused = True
-            self.transport.pauseProducing()
-        if self.phase == IDLE:
-            self.phase = WAITING
-            self._acquire(None)
+            self._held.append(payload)
+        self._held_requests += requests
+        self._held_bytes += len(data)
 
     def _prepare_only(self, items: list) -> bool:
         """Answer Parse and Sync alone (libpq's PQprepare) without a server: the statement
@@ -600,14 +580,6 @@ class ClientConnection(PeerProducer, Protocol):
                 return False
         self.write(b"".join(answer))
         return True
-
-    def _keep(self, data: bytes, items, requests: int) -> None:
-        if items is None:
-            self._held += (data, _ONE_REQUEST)
-        else:
-            self._held += items
-        self._held_requests += requests
-        self._held_bytes += len(data)
 
     def _send(self, server, payload, requests: int) -> None:
         """Send C{payload} (bytes, or items to render for this server) and count its
@@ -703,27 +675,13 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _flush_held(self) -> None:
         held, self._held = self._held, []
-        server = self.server
-        if self.statements is not None:
-            requests, self._held_requests = self._held_requests, 0
-            if self._paused:
-                self._paused = False
-                self.transport.resumeProducing()
-            if held:
-                self._send(server, held, requests)
-            self._held_bytes = 0
-            return
-        if self._held_requests:
-            self._requests(server, self._held_requests)
-            self._held_requests = 0
+        requests, self._held_requests = self._held_requests, 0
+        self._held_bytes = 0
         if self._paused:
             self._paused = False
             self.transport.resumeProducing()
         if held:
-            self.pool.stats.received += self._held_bytes
-            server.bytes_sent += self._held_bytes
-            server.write(held[0] if len(held) == 1 else b"".join(held))
-        self._held_bytes = 0
+            self._send(self.server, held if self.statements is not None else b"".join(held), requests)
 
     def _requests(self, server, count: int) -> None:
         """C{count} requests go to C{server}: start the query (and transaction) clocks if it
