@@ -4,6 +4,7 @@ End-to-end tests must run, so a missing PostgreSQL installation is a test error
 carrying the install hint from L{pgdoorman.cluster.ClusterError}, never a skip.
 """
 
+import asyncio
 import atexit
 import os
 import signal
@@ -194,3 +195,16 @@ pool_mode = "{pool_mode}"
 
 {users}
 """
+
+
+def run_clients(testcase, client, count: int, bound: float = 120) -> list:
+    """Run the coroutines C{client(i)}, for every i below C{count}, at once and within
+    C{bound} seconds; fail C{testcase} if any of them raised, else return their results."""
+
+    async def main():
+        return await asyncio.gather(*(client(i) for i in range(count)), return_exceptions=True)
+
+    results = asyncio.run(asyncio.wait_for(main(), bound))
+    errors = [r for r in results if isinstance(r, BaseException)]
+    testcase.assertEqual(errors, [], f"{len(errors)} of {count} clients failed, first: {errors[:3]!r}")
+    return results

@@ -6,7 +6,6 @@ against a real PostgreSQL 15. A second pool, C{lru}, has one server that keeps a
 statements, to show eviction on the server side.
 """
 
-import asyncio
 import os
 import re
 import resource
@@ -22,7 +21,7 @@ from twisted.trial.unittest import TestCase
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 
-from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
+from .pgtest import ClusterMixin, PgdoormanProcess, pool_config, run_clients
 from .rawclient import RawClient, parse_data_row, parse_row_description
 from .test_admin import psql
 from .test_e2e_transaction import Sampler
@@ -138,10 +137,6 @@ class PreparedStatementsTests(ClusterMixin, TestCase):
         header = lines[0].split("|")
         return [dict(zip(header, line.split("|"), strict=True)) for line in lines[1:-1]]
 
-    def run_async(self, coro, bound: float = 120):
-        """Run a coroutine to completion within C{bound} seconds."""
-        return asyncio.run(asyncio.wait_for(coro, bound))
-
     def test_pgbench_prepared(self):
         """pgbench -M prepared, 50 clients on a pool of 5 for 10 s: no failed transaction,
         and PostgreSQL never sees more than 5 sessions."""
@@ -184,12 +179,7 @@ class PreparedStatementsTests(ClusterMixin, TestCase):
             finally:
                 await conn.close()
 
-        async def main():
-            return await asyncio.gather(*(client(i) for i in range(50)), return_exceptions=True)
-
-        results = self.run_async(main())
-        errors = [r for r in results if isinstance(r, BaseException)]
-        self.assertEqual(errors, [], f"{len(errors)} of 50 clients failed, first: {errors[:3]!r}")
+        results = run_clients(self, client, 50)
         self.assertEqual(sum(results), 50 * 200)
         self.assertEqual(self.cluster.sql("select count(*) from many", database="bench"), str(50 * 4 * 2))
 

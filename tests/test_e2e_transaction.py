@@ -32,7 +32,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
-from .pgtest import ClusterMixin, PgdoormanProcess, pool_config
+from .pgtest import ClusterMixin, PgdoormanProcess, pool_config, run_clients
 from .rawclient import RawClient, parse_data_row, parse_row_description, send_cancel
 
 #: Pool users: name -> pool_size. Each logs in to PostgreSQL as the role of the same name.
@@ -251,12 +251,7 @@ class TransactionModeTests(ClusterMixin, TestCase):
             finally:
                 await conn.close()
 
-        async def main():
-            return await asyncio.gather(*(client(i) for i in range(50)), return_exceptions=True)
-
-        results = self.run_async(main())
-        errors = [r for r in results if isinstance(r, BaseException)]
-        self.assertEqual(errors, [], f"{len(errors)} of 50 clients failed, first: {errors[:3]!r}")
+        results = run_clients(self, client, 50)
         self.assertEqual(sum(results), 5000)
 
     # -- 4. psycopg pipeline mode and COPY

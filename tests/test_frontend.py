@@ -586,25 +586,23 @@ class PreparedSplitTests(SynchronousTestCase):
         self.assertEqual(self.server_bytes(cuts), self.server_bytes([]))
 
 
-class PreparedStatementsOffTests(LinkTestMixin, SynchronousTestCase):
-    """prepared_statements = false: Parse and Bind pass untouched."""
+class PassThroughMixin(LinkTestMixin):
+    """Configurations in which a client's Parse and Bind reach the server untouched."""
+
+    def test_parse_passes_through(self):
+        """The client has no statement map and its Parse reaches the server as sent."""
+        self.assertIsNone(self.client.statements)
+        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
+        self.assertEqual(self.server_transport.value(), parse(b"s1", b"select 1") + m.SYNC)
+
+
+class PreparedStatementsOffTests(PassThroughMixin, SynchronousTestCase):
+    """prepared_statements = false in transaction mode."""
 
     general = "prepared_statements = false"
 
-    def test_switched_off(self):
-        """With the feature off, a client's Parse reaches the server as sent."""
-        self.assertIsNone(self.client.statements)
-        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
-        self.assertEqual(self.server_transport.value(), parse(b"s1", b"select 1") + m.SYNC)
 
-
-class PreparedSessionModeTests(LinkTestMixin, SynchronousTestCase):
+class PreparedSessionModeTests(PassThroughMixin, SynchronousTestCase):
     """Session mode never maps statements."""
 
     mode = "session"
-
-    def test_session_mode_passes_through(self):
-        """A Parse in session mode reaches the server as sent."""
-        self.assertIsNone(self.client.statements)
-        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
-        self.assertEqual(self.server_transport.value(), parse(b"s1", b"select 1") + m.SYNC)
