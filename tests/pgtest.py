@@ -208,3 +208,20 @@ def run_clients(testcase, client, count: int, bound: float = 120) -> list:
     errors = [r for r in results if isinstance(r, BaseException)]
     testcase.assertEqual(errors, [], f"{len(errors)} of {count} clients failed, first: {errors[:3]!r}")
     return results
+
+
+class Deadline(Exception):
+    """A test ran past its time bound."""
+
+
+def bound(testcase, seconds: int, pooler: "PgdoormanProcess") -> None:
+    """Fail C{testcase} with L{Deadline}, quoting the end of C{pooler}'s log, if it runs
+    longer than C{seconds} (SIGALRM, so blocking client calls are interrupted too)."""
+
+    def expired(signum, frame):
+        raise Deadline(f"test ran longer than {seconds} s; pooler log:\n{pooler.log()[-3000:]}")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    testcase.addCleanup(signal.signal, signal.SIGALRM, previous)
+    testcase.addCleanup(signal.alarm, 0)

@@ -9,7 +9,6 @@ statements, to show eviction on the server side.
 import os
 import re
 import resource
-import signal
 import subprocess
 import sys
 from unittest import SkipTest
@@ -21,17 +20,13 @@ from twisted.trial.unittest import TestCase
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 
-from .pgtest import ClusterMixin, PgdoormanProcess, pool_config, run_clients
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config, run_clients
 from .rawclient import RawClient, parse_data_row, parse_row_description
 from .test_admin import psql
 from .test_e2e_transaction import Sampler
 
 PASSWORD = "pw-bench"
 TEST_BOUND = 150
-
-
-class _Deadline(Exception):
-    """A test ran past TEST_BOUND."""
 
 
 def users(port: int) -> str:
@@ -102,13 +97,7 @@ class PreparedStatementsTests(ClusterMixin, TestCase):
         self.addCleanup(self.pooler.stop)
         self.dsn = self.pooler.dsn("bench", PASSWORD) + " connect_timeout=10"
         self.url = self.pooler.url("bench", PASSWORD)
-        previous = signal.signal(signal.SIGALRM, self._deadline)
-        signal.alarm(TEST_BOUND)
-        self.addCleanup(signal.signal, signal.SIGALRM, previous)
-        self.addCleanup(signal.alarm, 0)
-
-    def _deadline(self, signum, frame):
-        raise _Deadline(f"test ran longer than {TEST_BOUND} s; pooler log:\n{self.pooler.log()[-3000:]}")
+        bound(self, TEST_BOUND, self.pooler)
 
     def direct_dsn(self) -> str:
         """A libpq string straight to PostgreSQL."""

@@ -17,7 +17,6 @@ seconds" of a restart) are asserted on, generously.
 import asyncio
 import hashlib
 import re
-import signal
 import subprocess
 import threading
 import time
@@ -32,7 +31,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
-from .pgtest import ClusterMixin, PgdoormanProcess, pool_config, run_clients
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config, run_clients
 from .rawclient import RawClient, parse_data_row, parse_row_description, send_cancel
 
 #: Pool users: name -> pool_size. Each logs in to PostgreSQL as the role of the same name.
@@ -57,10 +56,6 @@ GENERAL = 'query_wait_timeout = "30s"\nmax_connections = 2000'
 
 #: Seconds any one test may take before the SIGALRM guard fails it.
 TEST_BOUND = 150
-
-
-class _Deadline(Exception):
-    """A test ran past TEST_BOUND."""
 
 
 class Sampler:
@@ -125,13 +120,7 @@ class TransactionModeTests(ClusterMixin, TestCase):
         self.addCleanup(self.pooler.stop)
         self.dsn = self.pooler.dsn("bench", PASSWORD % "bench") + " connect_timeout=10"
         self.url = self.pooler.url("bench", PASSWORD % "bench")
-        previous = signal.signal(signal.SIGALRM, self._deadline)
-        signal.alarm(TEST_BOUND)
-        self.addCleanup(signal.signal, signal.SIGALRM, previous)
-        self.addCleanup(signal.alarm, 0)
-
-    def _deadline(self, signum, frame):
-        raise _Deadline(f"test ran longer than {TEST_BOUND} s; pooler log:\n{self.pooler.log()[-3000:]}")
+        bound(self, TEST_BOUND, self.pooler)
 
     # -- helpers
 
