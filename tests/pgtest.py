@@ -7,11 +7,15 @@ carrying the install hint from L{pgdoorman.cluster.ClusterError}, never a skip.
 import asyncio
 import atexit
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+
+from twisted.python import log
 
 import pgdoorman
 from pgdoorman.cluster import PostgresCluster, free_port
@@ -225,3 +229,54 @@ def bound(testcase, seconds: int, pooler: "PgdoormanProcess") -> None:
     signal.alarm(seconds)
     testcase.addCleanup(signal.signal, signal.SIGALRM, previous)
     testcase.addCleanup(signal.alarm, 0)
+
+
+class Sampler:
+    """Counts the PostgreSQL sessions of a role every C{interval} seconds in a thread."""
+
+    def __init__(self, cluster, role: str, interval: float = 0.5) -> None:
+        self.cluster = cluster
+        self.role = role
+        self.interval = interval
+        self.samples: list = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def count(self) -> int:
+        """The role's sessions right now."""
+        return int(self.cluster.sql(f"select count(*) from pg_stat_activity where usename = '{self.role}'"))
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.samples.append(self.count())
+            except Exception as e:  # the cluster may be restarting; keep sampling
+                log.msg(f"sampler: {e}")
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(30)
+
+
+def pgbench_pooled(testcase, cluster, dsn: str, mode: str, *, role: str, servers: int) -> None:
+    """pgbench -M C{mode} -c 50 -j 2 -T 10 through the pooler at C{dsn}: no failed
+    transaction, and PostgreSQL never sees more than C{servers} sessions of C{role}."""
+    with Sampler(cluster, role, interval=1.0) as sampler:
+        result = subprocess.run(
+            ["pgbench", "-n", "-M", mode, "-c", "50", "-j", "2", "-T", "10", "-d", dsn],
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+    output = result.stdout + result.stderr
+    testcase.assertEqual(result.returncode, 0, output)
+    testcase.assertRegex(result.stdout, r"number of failed transactions: 0 \(0\.000%\)")
+    processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
+    testcase.assertGreater(processed, 0)
+    testcase.assertGreaterEqual(len(sampler.samples), 5)
+    testcase.assertLessEqual(max(sampler.samples), servers, sampler.samples)

@@ -7,7 +7,6 @@ statements, to show eviction on the server side.
 """
 
 import os
-import re
 import resource
 import subprocess
 import sys
@@ -20,10 +19,9 @@ from twisted.trial.unittest import TestCase
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 
-from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config, run_clients
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, pgbench_pooled, pool_config, run_clients
 from .rawclient import RawClient, parse_data_row, parse_row_description
 from .test_admin import psql
-from .test_e2e_transaction import Sampler
 
 PASSWORD = "pw-bench"
 TEST_BOUND = 150
@@ -129,19 +127,7 @@ class PreparedStatementsTests(ClusterMixin, TestCase):
     def test_pgbench_prepared(self):
         """pgbench -M prepared, 50 clients on a pool of 5 for 10 s: no failed transaction,
         and PostgreSQL never sees more than 5 sessions."""
-        with Sampler(self.cluster, "bench", interval=1.0) as sampler:
-            result = subprocess.run(
-                ["pgbench", "-n", "-M", "prepared", "-c", "50", "-j", "2", "-T", "10", "-d", self.dsn],
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-        output = result.stdout + result.stderr
-        self.assertEqual(result.returncode, 0, output)
-        self.assertRegex(result.stdout, r"number of failed transactions: 0 \(0\.000%\)")
-        processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
-        self.assertGreater(processed, 0)
-        self.assertLessEqual(max(sampler.samples), 5, sampler.samples)
+        pgbench_pooled(self, self.cluster, self.dsn, "prepared", role="bench", servers=5)
 
     def test_asyncpg_statement_cache(self):
         """asyncpg with its default statement cache: 50 connections x 200 transactions of

@@ -31,7 +31,7 @@ from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
-from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config, run_clients
+from .pgtest import ClusterMixin, PgdoormanProcess, Sampler, bound, pgbench_pooled, pool_config, run_clients
 from .rawclient import RawClient, parse_data_row, parse_row_description, send_cancel
 
 #: Pool users: name -> pool_size. Each logs in to PostgreSQL as the role of the same name.
@@ -56,38 +56,6 @@ GENERAL = 'query_wait_timeout = "30s"\nmax_connections = 2000'
 
 #: Seconds any one test may take before the SIGALRM guard fails it.
 TEST_BOUND = 150
-
-
-class Sampler:
-    """Counts the PostgreSQL sessions of a role every C{interval} seconds in a thread."""
-
-    def __init__(self, cluster, role: str, interval: float = 0.5) -> None:
-        self.cluster = cluster
-        self.role = role
-        self.interval = interval
-        self.samples: list = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def count(self) -> int:
-        """The role's sessions right now."""
-        return int(self.cluster.sql(f"select count(*) from pg_stat_activity where usename = '{self.role}'"))
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.samples.append(self.count())
-            except Exception as e:  # the cluster may be restarting; keep sampling
-                log.msg(f"sampler: {e}")
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> "Sampler":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(30)
 
 
 class TransactionModeTests(ClusterMixin, TestCase):
@@ -167,20 +135,7 @@ class TransactionModeTests(ClusterMixin, TestCase):
 
     def pgbench(self, mode: str) -> None:
         """pgbench -M mode -c 50 -j 2 -T 10 with zero failures and at most 5 servers."""
-        with Sampler(self.cluster, "bench", interval=1.0) as sampler:
-            result = subprocess.run(
-                ["pgbench", "-n", "-M", mode, "-c", "50", "-j", "2", "-T", "10", "-d", self.dsn],
-                capture_output=True,
-                text=True,
-                timeout=90,
-            )
-        output = result.stdout + result.stderr
-        self.assertEqual(result.returncode, 0, output)
-        self.assertRegex(result.stdout, r"number of failed transactions: 0 \(0\.000%\)")
-        processed = int(re.search(r"number of transactions actually processed: (\d+)", output).group(1))
-        self.assertGreater(processed, 0)
-        self.assertGreaterEqual(len(sampler.samples), 5)
-        self.assertBackendsAtMost(sampler, 5)
+        pgbench_pooled(self, self.cluster, self.dsn, mode, role="bench", servers=5)
 
     def test_pgbench_simple(self):
         """pgbench -M simple, 50 clients on a pool of 5 for 10 s: no failed transaction, and
