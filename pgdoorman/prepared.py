@@ -105,21 +105,26 @@ interner = Interner()
 
 
 class Statement:
-    """One pool-wide prepared statement: its server-side name and the Parse that creates it.
+    """One pool-wide prepared statement: its server-side name, text and parameter types.
 
     @ivar kind: C{"named"}, C{"anonymous"} or C{"mixed"}: how clients prepared it.
     @ivar used: how many client Parses mapped to it.
     """
 
-    __slots__ = ("name", "query", "types", "parse", "kind", "used")
+    __slots__ = ("name", "query", "types", "kind", "used")
 
     def __init__(self, query: bytes, types: bytes, kind: str) -> None:
         self.name = b"DOORMAN_%d" % next(_names)
         self.query = query
         self.types = types
-        self.parse = m.message(b"P", self.name + b"\x00" + query + b"\x00" + types)
         self.kind = kind
         self.used = 0
+
+    @property
+    def parse(self) -> bytes:
+        """The Parse that creates it on a server (built when needed, so that the text is
+        stored once)."""
+        return m.message(b"P", self.name + b"\x00" + self.query + b"\x00" + self.types)
 
     def __repr__(self) -> str:
         return f"<Statement {self.name.decode()} {self.query[:40]!r}>"
@@ -138,8 +143,9 @@ class PoolStatements:
         key = (query, types)
         statement = self.entries.get(key)
         if statement is None:
-            statement = Statement(interner.intern(query), types, kind)
-            self.entries[key] = statement
+            query = interner.intern(query)
+            statement = Statement(query, types, kind)
+            self.entries[(query, types)] = statement
             if len(self.entries) > self.size:
                 _, old = self.entries.popitem(last=False)
                 interner.release(old.query)
@@ -166,9 +172,10 @@ class PoolStatements:
 
 
 class ServerStatements:
-    """The C{DOORMAN_<n>} statements one server holds, least recently used evicted beyond
-    C{size} (with a Close sent before the next message). Statements used since the last
-    request was sent are pinned: closing them would close the portals bound to them."""
+    """The C{DOORMAN_<n>} statements one server holds, the least recently used closed (a
+    Close sent just ahead of the Parse that needs its room) beyond C{size}. Statements used
+    since the last request was sent are pinned: closing them would close the portals bound
+    to them."""
 
     __slots__ = ("size", "names", "hits", "misses", "pinned")
 
