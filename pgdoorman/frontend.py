@@ -157,10 +157,10 @@ class ClientConnection(PeerProducer, Protocol):
         try:
             if self.phase == LINKED:
                 if self._framer.single(data) == _Q:
-                    self._unsynced = False
                     if self.statements is not None and data[5] in _DEALLOCATE_FIRST:
                         if self._deallocate(data):
                             return
+                    self._unsynced = False
                     self._requests(self.server, 1)
                 elif self.statements is not None:
                     items, requests = self._prepared_events(data, self._framer.feed(data))
@@ -507,9 +507,9 @@ class ClientConnection(PeerProducer, Protocol):
         With prepared statements mapped, what is kept are items to render for whichever
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
         if self._framer.single(data) == _Q:
-            self._unsynced = False
             if self.statements is not None and data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
                 return
+            self._unsynced = False
             payload = data
             requests = 1
         elif self.statements is not None:
@@ -653,7 +653,8 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _deallocate(self, data: bytes) -> bool:
         """SQL C{DEALLOCATE name} of one of the client's own statement names: answered here
-        (the server never knew that name) when nothing else is in flight. True if done."""
+        (the server never knew that name) when nothing else is in flight or held, so that
+        answers stay in order. True if done."""
         match = _DEALLOCATE.match(data, 5)
         if match is None:
             return False
@@ -665,7 +666,11 @@ class ClientConnection(PeerProducer, Protocol):
             if name == b"all":
                 return False
         server = self.server
-        if name not in self.statements.named or (server is not None and server.pending):
+        if server is None:
+            quiet = self.phase == IDLE and not self._held
+        else:
+            quiet = not server.pending
+        if not quiet or self._unsynced or name not in self.statements.named:
             return False
         self.statements.deallocate(name)
         status = server.tx_status if server is not None else b"I"

@@ -509,6 +509,16 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.sent(), [])
         self.assertEqual(self.client.statements.named, {})
 
+    def test_sql_deallocate_waits_its_turn(self):
+        """With answers still owed to the client (an extended batch without Sync), SQL
+        DEALLOCATE is not answered out of order by the pooler: it goes to the server."""
+        self.prepare(self.client, b"_pg3_0", b"select 1")
+        self.client.dataReceived(bind(b"_pg3_0") + EXECUTE)
+        self.sent()
+        self.client.dataReceived(m.query("DEALLOCATE _pg3_0"))
+        self.assertEqual(self.sent(), [("Q", b"DEALLOCATE _pg3_0\x00")])
+        self.assertEqual(self.received(), [])
+
     def test_sql_deallocate_of_other_names_goes_to_the_server(self):
         """SQL DEALLOCATE of a name the client never prepared through the protocol (an SQL
         PREPARE) is the server's to answer."""
