@@ -170,9 +170,9 @@ class ClientConnection(PeerProducer, Protocol):
                 else:
                     events = self._framer.feed(data)
                     if events:
-                        data = self._client_events(data, events)
-                        if not data:
-                            return
+                        data, requests = self._client_events(data, events)
+                        self._send(self.server, data, requests)
+                        return
                 server = self.server
                 n = len(data)
                 self.pool.stats.received += n
@@ -519,15 +519,12 @@ class ClientConnection(PeerProducer, Protocol):
             if self.phase == IDLE and not self._held and self._prepare_only(payload):
                 return
         else:
-            # _client_events counts the requests of a client without a server as held.
-            before = self._held_requests
+            requests = 0
             events = self._framer.feed(data)
             if events:
-                data = self._client_events(data, events)
+                data, requests = self._client_events(data, events)
                 if self.phase == CLOSED:
                     return
-            requests = self._held_requests - before
-            self._held_requests = before
             if not data:
                 return
             payload = data
@@ -700,26 +697,24 @@ class ClientConnection(PeerProducer, Protocol):
         self.query_count += count
         self.pool.stats.query_count += count
 
-    def _client_events(self, data: bytes, events: list) -> bytes:
-        """Account for requests in C{data}; return what should go on (all of it, or up to X)."""
-        server = self.server if self.phase == LINKED else None
+    def _client_events(self, data: bytes, events: list) -> tuple:
+        """Note batches and COPY ends in C{data}: (what should go on, all of it or up to
+        Terminate; how many requests it holds)."""
+        requests = 0
         for mtype, _, end in events:
             if mtype in _REQUESTS:
                 self._unsynced = False
-                if server is not None:
-                    self._requests(server, 1)
-                else:
-                    self._held_requests += 1
+                requests += 1
             elif mtype == _X:
                 # Terminate is ours to act on: the server stays open for the next client.
                 self.phase = CLOSED
                 self.close()
-                return data[: end - 5]
+                return data[: end - 5], requests
             elif mtype in _BATCH:
                 self._unsynced = True
             elif mtype == _COPY_DONE or mtype == _COPY_FAIL:
                 self.copy_in = False
-        return data
+        return data, requests
 
     # -- called by the linked server
 
