@@ -518,7 +518,8 @@ class AdminConsole:
                 rows.append(
                     [
                         label,
-                        _statement_hash(statement),
+                        # 63 bits: the column is an int8.
+                        _hash64(statement.query + b"\x00" + statement.types) >> 1,
                         statement.name.decode(),
                         statement.query.decode("utf-8", "replace"),
                         statement.used,
@@ -561,7 +562,7 @@ class AdminConsole:
         interned = sorted(self._interned(), key=lambda item: -len(item[0]))[:limit]
         rows = [
             [
-                f"{int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), 'big'):016x}",
+                f"{_hash64(text):016x}",
                 kind,
                 len(text),
                 -1,
@@ -699,7 +700,6 @@ def _cache_counts(statements) -> tuple:
     return statements.hits, statements.misses, len(statements)
 
 
-def _statement_hash(statement) -> int:
-    """A stable number for a statement's text and parameter types (63 bits: an int8)."""
-    digest = hashlib.blake2b(statement.query + b"\x00" + statement.types, digest_size=8).digest()
-    return int.from_bytes(digest, "big") >> 1
+def _hash64(data: bytes) -> int:
+    """A stable 64-bit number for C{data}."""
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
