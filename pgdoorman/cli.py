@@ -18,6 +18,8 @@ def _check(path: str) -> int:
         return 1
     for warning in config.warnings:
         print(f"Warning: {warning}", file=sys.stderr)
+    for inactive in config.inactive:
+        print(f"Not acted on: {inactive}", file=sys.stderr)
     print(f"pgdoorman: the configuration file {path} syntax is ok")
     print(f"pgdoorman: configuration file {path} test is successful")
     return 0

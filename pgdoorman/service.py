@@ -78,7 +78,7 @@ class Lifecycle:
         except (ConfigError, OSError) as e:
             self.log.error("reload of {path} failed, configuration unchanged: {error}", path=path, error=e)
             raise
-        for warning in config.warnings:
+        for warning in config.warnings + config.inactive:
             self.log.warn("{warning}", warning=warning)
         self.registry.reload(config)
         self.log.info("reloaded {path}", path=path)

@@ -49,6 +49,8 @@ def makeService(options: Options):
     log = Logger(namespace="pgdoorman")
     for warning in options.loaded.warnings:
         log.warn("{warning}", warning=warning)
+    for inactive in options.loaded.inactive:
+        log.warn("{inactive}", inactive=inactive)
     service = make_service(options.loaded, reactor)
     reactor.addSystemEventTrigger("after", "startup", service.lifecycle.install_signal_handlers)
     return service

@@ -100,6 +100,33 @@ class CheckConfigTests(TestCase):
             "expected one of 'transaction', 'session', got 'statement'",
         )
 
+    def test_tls_required_is_refused(self):
+        """C{tls_mode = "require"} fails the check while TLS is not built."""
+        self.assertRejected(
+            GOOD.replace("port = 6432\n", 'port = 6432\ntls_mode = "require"\ntls_certificate = "c"\ntls_private_key = "k"\n'),
+            "general.tls_mode",
+            "'require' is not supported yet",
+        )
+
+    def test_pg_hba_is_refused(self):
+        """C{pg_hba} fails the check while access rules are not enforced."""
+        self.assertRejected(
+            GOOD.replace("port = 6432\n", 'port = 6432\npg_hba = "host all all 0.0.0.0/0 md5"\n'),
+            "general.pg_hba",
+            "client access rules are not enforced yet",
+        )
+
+    def test_tls_allow_warns_and_inactive_keys_are_listed(self):
+        """C{tls_mode = "allow"} passes with a warning; keys nothing acts on are listed."""
+        path = self.write(GOOD.replace("port = 6432\n", 'port = 6432\ntls_mode = "allow"\nworker_threads = 8\n'))
+        result = self.run_pgdoorman("-t", path)
+        self.assertEqual(result.returncode, 0, result.stderr)
+        self.assertIn(f"Warning: {path}: general.tls_mode: 'allow' while TLS is not built", result.stderr)
+        self.assertIn(
+            f"Not acted on: {path}: general.worker_threads: accepted and ignored (PgDoorman's Rust runtime)",
+            result.stderr,
+        )
+
     def test_bad_duration(self):
         """A duration with an unknown unit."""
         self.assertRejected(
@@ -128,6 +155,35 @@ class CheckConfigTests(TestCase):
         )
         self.assertNotEqual(result.returncode, 0)
         self.assertIn(f"{path}: pools.app.users[0].pool_size:", result.stdout + result.stderr)
+
+    def test_twistd_logs_what_is_not_acted_on_at_start(self):
+        """A running pgdoorman logs the tls_mode warning and each key it does not act on."""
+        from pgdoorman.cluster import free_port
+
+        text = GOOD.replace("port = 6432\n", f'port = {free_port()}\ntls_mode = "allow"\nworker_threads = 8\n')
+        path = self.write(text)
+        proc = subprocess.Popen(
+            [os.path.join(os.path.dirname(sys.executable), "twistd"), "-n", "--pidfile=", "pgdoorman", "--config", path],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=_env(),
+        )
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        seen = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if "starting on" in line:
+                break
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=30)
+        log = "".join(seen)
+        self.assertIn(f"{path}: general.tls_mode: 'allow' while TLS is not built", log)
+        self.assertIn(f"{path}: general.worker_threads: accepted and ignored (PgDoorman's Rust runtime)", log)
 
 
 class DemoTests(TestCase):

@@ -1,4 +1,4 @@
-"""The sans-IO boundary: the codec and the config loader must not import Twisted."""
+"""The sans-IO boundary: the codec and the config package must not import Twisted."""
 
 import json
 import os
@@ -9,7 +9,11 @@ import sys
 from twisted.trial.unittest import SynchronousTestCase
 
 import pgdoorman
+import pgdoorman.config
 import pgdoorman.protocol
+
+#: The sans-IO packages: every module under each must import without Twisted.
+_PACKAGES = (pgdoorman.protocol, pgdoorman.config)
 
 _CHECK = (
     "import importlib, json, sys\n"
@@ -20,10 +24,12 @@ _CHECK = (
 
 
 def _sansio_modules() -> list:
-    """Every module under C{pgdoorman.protocol}, the package itself, and C{pgdoorman.config}."""
-    names = ["pgdoorman.protocol", "pgdoorman.config"]
-    for info in pkgutil.walk_packages(pgdoorman.protocol.__path__, "pgdoorman.protocol."):
-        names.append(info.name)
+    """Every sans-IO package and every module under it."""
+    names = []
+    for package in _PACKAGES:
+        names.append(package.__name__)
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            names.append(info.name)
     return names
 
 
@@ -56,12 +62,13 @@ class SansIOBoundaryTests(SynchronousTestCase):
             "pgdoorman.protocol.startup",
             "pgdoorman.protocol.framing",
             "pgdoorman.protocol.messages",
-            "pgdoorman.config",
+            "pgdoorman.config.schema",
+            "pgdoorman.config.loader",
         ):
             self.assertIn(expected, names)
 
     def test_noTwisted(self) -> None:
-        """Importing each protocol module, or the config module, alone loads no C{twisted} module."""
+        """Importing each sans-IO module alone loads no C{twisted} module."""
         offenders = {}
         for name in _sansio_modules():
             loaded = _twisted_imported_by(name)
