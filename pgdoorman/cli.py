@@ -3,6 +3,7 @@
 
 import argparse
 import os
+import signal
 import sys
 
 __all__ = ["main"]
@@ -72,6 +73,9 @@ def _demo(port: int) -> int:
     service = make_service(config, reactor)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    # A shell starts background jobs with SIGINT ignored, and Twisted only takes over a
+    # SIGINT that Python handles: the demo promises Ctrl-C stops it, so it always does.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     print(
         f"pgdoorman demo: PostgreSQL {cluster.port} <- pgdoorman 127.0.0.1:{port}\n"
         f"Connect with:\n\n    psql 'postgresql://demo:demo@127.0.0.1:{port}/demo'\n\n"

@@ -220,7 +220,11 @@ class DemoTests(TestCase):
         )
         self.assertEqual((result.returncode, result.stdout.split()), (0, ["42", "demo"]), result.stderr)
         proc.send_signal(signal.SIGINT)
-        output = proc.communicate(timeout=60)[0]
+        try:
+            output = proc.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            self.fail("the demo did not stop on SIGINT:\n" + "".join(seen) + proc.communicate()[0])
         self.assertEqual(proc.returncode, 0, output)
         datadir = re.search(r"PostgreSQL data in ([^)\s]+)", "".join(seen)).group(1)
         self.assertFalse(os.path.exists(datadir))
