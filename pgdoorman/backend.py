@@ -30,13 +30,12 @@ from .protocol.auth import (
 from .protocol.constants import SQLSTATE
 from .protocol.errors import AuthenticationFailed, ProtocolViolation
 from .protocol.framing import ALL_TYPES, Framer
-from .protocol.sql import quote_ident, quote_literal
+from .session.parameters import TRACKED, sync_plan
 from .sockopts import apply_socket_options
 
 __all__ = [
     "OneServer",
     "PeerProducer",
-    "TRACKED_PARAMETERS",
     "ServerError",
     "ServerConnection",
     "connect_server",
@@ -51,18 +50,6 @@ _PARSE_COMPLETE, _CLOSE_COMPLETE = ord("1"), ord("3")
 #: With prepared statements mapped, also the answers the pooler may swallow or change.
 _PREPARED_WATCH = _LINKED_WATCH | {_PARSE_COMPLETE, _CLOSE_COMPLETE}
 
-#: ParameterStatus values a client's SET changes are carried to its next servers
-#: (PgDoorman's sync_server_parameters list).
-TRACKED_PARAMETERS = frozenset(
-    (
-        "client_encoding",
-        "DateStyle",
-        "IntervalStyle",
-        "TimeZone",
-        "standard_conforming_strings",
-        "application_name",
-    )
-)
 #: First four bytes of the CommandComplete tags that change session state.
 _TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
 
@@ -278,7 +265,7 @@ class ServerConnection(PeerProducer, Protocol):
                     pos = end
             elif mtype == _S:
                 name, value = self._parameter(body)
-                if name in TRACKED_PARAMETERS:
+                if name in TRACKED:
                     client.parameter_changed(name, value)
             elif mtype == _G:
                 client.copy_in = True
@@ -403,31 +390,23 @@ class ServerConnection(PeerProducer, Protocol):
             self.synced = None
 
     def sync_parameters(self, wanted: frozenset) -> "Deferred | None":
-        """Make this server's session parameters the client's: SET those (name, value) pairs
-        that differ here, RESET those set for an earlier client that this one did not ask
-        for. C{None} if nothing to do; the last set synced is remembered, so the usual case
-        is one comparison."""
+        """Make this server's session parameters the client's (L{sync_plan}). C{None} if
+        nothing to do; the last set synced is remembered, so the usual case is one
+        comparison. What the server reports for the values set is taught to its pool."""
         if wanted == self.synced:
             return None
-        applied = self.applied
-        statements = []
-        keep = {}
-        for name, value in wanted:
-            if applied.get(name) == value or (name not in applied and self.params.get(name) == value):
-                if name in applied:
-                    keep[name] = value
-                continue
-            statements.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
-            keep[name] = value
-        statements += [f"RESET {quote_ident(name)}" for name in applied if name not in keep]
-        if not statements:
+        sql, keep = sync_plan(wanted, self.applied, self.params)
+        if not sql:
             self.synced = wanted
             return None
-        d = self.run("; ".join(statements))
+        d = self.run(sql)
 
         def synced(_):
             self.applied = keep
             self.synced = wanted
+            parameters = self.home.parameters
+            for name, value in keep.items():
+                parameters.learn_answer(name, value, self.params.get(name))
             return None
 
         return d.addCallback(synced)

@@ -15,7 +15,7 @@ import secrets
 from twisted.internet.protocol import Factory, Protocol
 
 from .admin import ADMIN_DATABASES
-from .backend import TRACKED_PARAMETERS, PeerProducer, ServerError
+from .backend import PeerProducer, ServerError
 from .fastwrite import eager_writer
 from .loglevel import logger
 from .pool.pool import PoolClosed, PoolTimeout
@@ -32,6 +32,8 @@ from .protocol.startup import (
     StartupMessage,
     StartupReader,
 )
+from .session.parameters import wanted_from_startup, with_change
+from .session.state import ClientState
 from .sockopts import apply_socket_options
 
 __all__ = ["ClientConnection", "ClientFactory"]
@@ -54,16 +56,12 @@ _ONE_REQUEST = (REQUESTS, 1)
 _DEALLOCATE = re.compile(rb'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;"]+)\s*;?\s*\x00\Z', re.I)
 _DEALLOCATE_FIRST = frozenset(b" \t\n\r\x0bdD")
 
-#: Startup parameters that are not GUCs and must never be replayed with SET.
-_NOT_SETTABLE = frozenset(("user", "database", "replication", "options"))
-#: Startup parameter names as ParameterStatus spells them, so a later SET of the same
-#: parameter replaces the startup value instead of sitting beside it.
-_CANONICAL = {name.lower(): name for name in TRACKED_PARAMETERS}
-
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 _HELD_CAP = 256 * 1024
 
 STARTUP, AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(10)
+
+_AUTHENTICATING = frozenset((AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL))
 
 #: SHOW CLIENTS state of each phase.
 _STATES = {IDLE: "idle", LINKED: "active", ADMIN: "active", WAITING: "waiting", LOGIN: "waiting"}
@@ -140,6 +138,22 @@ class ClientConnection(PeerProducer, Protocol):
     def state(self) -> str:
         """SHOW CLIENTS state: idle, active or waiting."""
         return _STATES.get(self.phase, "login")
+
+    def snapshot(self) -> ClientState:
+        """This client's whole state as one value (L{pgdoorman.session.state.ClientState})."""
+        client_key = None
+        if self.pool is not None and not self.admin:
+            client_key = self.factory.registry.credentials(self.database, self.user).client_key
+        return ClientState(
+            user=self.user,
+            database=self.database,
+            transaction_mode=self.transaction_mode,
+            wanted=tuple(sorted(self.wanted)),
+            cancel=(self.id, self.key),
+            connected_at=self.connected_at,
+            statements=() if self.statements is None else self.statements.snapshot(),
+            client_key=client_key,
+        )
 
     # -- Twisted callbacks
 
@@ -270,11 +284,7 @@ class ClientConnection(PeerProducer, Protocol):
         self.database = params["database"]
         if event.minor:
             self.write(m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")]))
-        self.wanted = frozenset(
-            (_CANONICAL.get(k.lower(), k), v)
-            for k, v in params.items()
-            if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
-        )
+        self.wanted = wanted_from_startup(params)
         registry = self.factory.registry
         if self.database in ADMIN_DATABASES:
             general = registry.config.general
@@ -326,10 +336,17 @@ class ClientConnection(PeerProducer, Protocol):
             except AuthenticationFailed:
                 self._auth_failed()
                 return
-            if self.phase == LOGIN:
-                # A client that pipelines its first query behind the password: keep it.
-                if end < len(data):
-                    self._held.append(data[end:])
+            if self.phase not in _AUTHENTICATING:
+                # A client that pipelines its first query behind the password: keep it for
+                # the phase it is in now (the framer above already walked past it).
+                rest = data[end:]
+                if rest and self.phase != CLOSED:
+                    if self.phase == LOGIN:
+                        self._held.append(rest)
+                    else:
+                        if self.phase == ADMIN:
+                            self._framer = Framer(ALL_TYPES)
+                        self.dataReceived(rest)
                 return
 
     def _password_message(self, body: bytes) -> None:
@@ -385,13 +402,34 @@ class ClientConnection(PeerProducer, Protocol):
             self.write(m.AUTH_OK + _ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
             self._admin_skip = False
             return
-        self.phase = LOGIN
         self.write(m.AUTH_OK)
         self.pool = self.factory.registry.pool(self.database, self.user)
-        self._acquire(self._logged_in)
+        # A session-mode client holds a server from its login on, as before; in transaction
+        # mode only a server can tell what it reports when the pool never had one, or this
+        # client asks for a parameter value no server was seen to answer yet.
+        welcome = self.pool.parameters.welcome(self.wanted) if self.transaction_mode else None
+        if welcome is None:
+            self.phase = LOGIN
+            self._acquire(self._logged_in)
+            return
+        self._ready(welcome)
+        self.phase = IDLE
+        self._serve()
 
     def _logged_in(self, server) -> None:
-        self.write(server.parameter_messages() + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
+        self._ready(server.parameter_messages())
+        if self.transaction_mode:
+            self.phase = IDLE
+            server.unlink()
+            self.server = None
+            self.pool.release(server)
+        else:
+            self.phase = LINKED
+        self._serve()
+
+    def _ready(self, welcome: bytes) -> None:
+        """Finish the login: the ParameterStatus set, our BackendKeyData, ReadyForQuery."""
+        self.write(welcome + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
         if self.factory.log_connections:
             self.log.info(
                 "client {client!r} from {peer} logged in ({mode} mode)",
@@ -400,13 +438,9 @@ class ClientConnection(PeerProducer, Protocol):
                 mode="transaction" if self.transaction_mode else "session",
             )
         self.factory.register_key(self)
-        if self.transaction_mode:
-            self.phase = IDLE
-            server.unlink()
-            self.server = None
-            self.pool.release(server)
-        else:
-            self.phase = LINKED
+
+    def _serve(self) -> None:
+        """Start reading queries, with what the client pipelined behind its login first."""
         if self.transaction_mode and self.pool.statements is not None:
             self.statements = ClientStatements(self.pool.statements)
             self._framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK)
@@ -720,9 +754,7 @@ class ClientConnection(PeerProducer, Protocol):
 
     def parameter_changed(self, name: str, value: str) -> None:
         """The client changed a tracked parameter (its SET was reported): carry it along."""
-        wanted = dict(self.wanted)
-        wanted[name] = value
-        self.wanted = frozenset(wanted.items())
+        self.wanted = with_change(self.wanted, name, value)
 
     def requests_done(self, server) -> bool:
         """The server answered every request sent so far (its ReadyForQuery just arrived):

@@ -68,9 +68,12 @@ class RawClient:
                 return out
             out.append(msg)
 
-    def login(self, user: str, database: str, password: "str | None" = None) -> LoginResult:
-        """Run the startup and authentication phases; stop at ReadyForQuery or an error."""
-        self.send(m.startup_message({"user": user, "database": database}))
+    def login(
+        self, user: str, database: str, password: "str | None" = None, params: "dict | None" = None
+    ) -> LoginResult:
+        """Run the startup and authentication phases, with startup C{params} besides user and
+        database; stop at ReadyForQuery or an error."""
+        self.send(m.startup_message({"user": user, "database": database, **(params or {})}))
         scram = None
         params: dict = {}
         while True:
@@ -104,6 +107,10 @@ class RawClient:
     def query(self, sql: str) -> list:
         """Run a simple query; return the messages up to ReadyForQuery."""
         self.send(m.query(sql))
+        return self.read_until_ready()
+
+    def read_until_ready(self) -> list:
+        """The messages up to and including the next ReadyForQuery (or EOF)."""
         out = []
         while True:
             msg = self.read_message()

@@ -644,6 +644,50 @@ class TransactionModeTests(ClusterMixin, TestCase):
         self.assertEqual(len(pids), 2)
         self.assertEqual(holder_view, [(self.default_timezone, "holder1")] * 3)
 
+    # -- logging in without a server
+
+    def test_login_while_the_only_server_is_held(self):
+        """With a pool of 1 held by a long transaction, 50 new clients log in and get
+        ReadyForQuery while the server is still held; their queries run once it is free."""
+        holder = self.connect("solo", autocommit=False)
+        holder_pid = holder.execute("select pg_backend_pid()").fetchone()[0]
+        clients = []
+        for _ in range(50):
+            client = RawClient(self.pooler.port, timeout=30)
+            self.addCleanup(client.close)
+            result = client.login("solo", "app", PASSWORD % "solo", params={"application_name": "waiter"})
+            self.assertTrue(result.ok, result.fields)
+            clients.append(client)
+        rows = self.cluster.sql(
+            "select pid, state from pg_stat_activity where usename = 'solo'", database="bench"
+        )
+        self.assertEqual(rows, f"{holder_pid}|idle in transaction")
+        for client in clients:
+            client.send(m.query("select current_setting('application_name'), pg_backend_pid()"))
+        holder.commit()
+        for client in clients:
+            answer = [parse_data_row(body) for kind, body in client.read_until_ready() if kind == "D"]
+            self.assertEqual(answer, [["waiter", str(holder_pid)]])
+
+    def test_welcome_is_what_postgresql_reports(self):
+        """The ParameterStatus set of a login answered without a server is the one
+        PostgreSQL reports to a direct connection with the same startup parameters, also
+        for values PostgreSQL spells its own way (learnt from the first client that asked)."""
+        params = {"application_name": "diff", "DateStyle": "iso", "TimeZone": "asia/tokyo"}
+        direct = RawClient(self.cluster.port)
+        self.addCleanup(direct.close)
+        expected = direct.login("solo", "bench", PASSWORD % "solo", params=params)
+        self.assertTrue(expected.ok, expected.fields)
+        self.connect("solo").execute("select 1")
+        seen = []
+        for _ in range(2):
+            client = RawClient(self.pooler.port)
+            self.addCleanup(client.close)
+            result = client.login("solo", "app", PASSWORD % "solo", params=params)
+            self.assertTrue(result.ok, result.fields)
+            seen.append(result.params)
+        self.assertEqual(seen, [expected.params, expected.params])
+
     # -- protocol odds and ends
 
     def test_notice_notification_and_empty_query(self):

@@ -215,7 +215,9 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.answer(m.command_complete("DEALLOCATE ALL") + m.READY_IDLE)
         self.assertEqual(self.server.pool_state, "idle")
         self.server_transport.clear()
-        self.newClient()
+        client = self.newClient()
+        self.assertEqual(self.server_transport.value(), b"")
+        client.dataReceived(m.query("select 1"))
         self.assertEqual(self.server_transport.value(), m.query('RESET "TimeZone"'))
 
     def test_waiting_client_input_is_capped(self):

@@ -32,6 +32,7 @@ class FakeServer:
         self.closes = 0
         self.created_at = 0.0
         self.last_used = 0.0
+        self.params = {"server_version": "15.0"}
 
     def __repr__(self) -> str:
         return f"<FakeServer #{self.id} {self.pool_state}>"

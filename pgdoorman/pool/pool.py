@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred, succeed
 from twisted.python.failure import Failure
 
 from ..loglevel import logger
+from ..session.parameters import PoolParameters
 from .stats import PoolStats
 
 __all__ = ["IPoolServer", "IWaiter", "Pool", "PoolTimeout", "PoolClosed"]
@@ -58,6 +59,8 @@ class IPoolServer(Protocol):
     last_used: float
     #: set by the pool: called with the server when it closes while not leased.
     on_lost: Callable
+    #: the server's ParameterStatus values (at login, when the pool receives it).
+    params: dict
 
     def needs_cleanup(self) -> bool:
         """True if the server must be reset before another client may use it."""
@@ -132,6 +135,8 @@ class Pool:
         self.probing = 0
         self.waiters: deque = deque()
         self.stats = PoolStats()
+        #: What the servers report, so that clients log in without one.
+        self.parameters = PoolParameters()
         self._handing = False
         self._returned: deque = deque()
         self.paused = False
@@ -411,6 +416,7 @@ class Pool:
         server.home = self
         server.epoch = self.epoch
         server.jitter = random.uniform(0.8, 1.2)
+        self.parameters.learn_login(server.params)
         self._checkin(server)
 
     def _connect_failed(self, failure) -> None:
