@@ -26,6 +26,7 @@ from collections import OrderedDict, deque
 from .protocol import messages as m
 from .protocol.constants import SQLSTATE
 from .protocol.errors import ProtocolViolation
+from .session.state import PreparedState
 
 __all__ = [
     "REWRITTEN",
@@ -277,6 +278,25 @@ class ClientStatements:
     def clear(self) -> None:
         """DISCARD ALL: the client's statements are gone."""
         self.deallocate(None)
+
+    def snapshot(self) -> tuple:
+        """The client's statements as L{PreparedState}s, the unnamed one last."""
+        out = [PreparedState(name, s.query, s.types) for name, s in self.named.items()]
+        if self.anonymous is not None:
+            out.append(PreparedState(b"", self.anonymous.query, self.anonymous.types))
+        return tuple(out)
+
+    @classmethod
+    def restore(cls, pool: PoolStatements, prepared: tuple) -> "ClientStatements":
+        """A client's view rebuilt from L{snapshot}'s output, in C{pool}'s cache."""
+        view = cls(pool)
+        for p in prepared:
+            statement = pool.get(p.query, p.types, "named" if p.name else "anonymous")
+            if p.name:
+                view.named[p.name] = statement
+            else:
+                view.anonymous = statement
+        return view
 
 
 def render(items: list, server) -> bytes:

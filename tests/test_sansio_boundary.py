@@ -1,4 +1,5 @@
-"""The sans-IO boundary: the codec and the config package must not import Twisted."""
+"""The sans-IO boundary: the codec, the config package and the session core must not import
+Twisted."""
 
 import json
 import os
@@ -11,9 +12,10 @@ from twisted.trial.unittest import SynchronousTestCase
 import pgdoorman
 import pgdoorman.config
 import pgdoorman.protocol
+import pgdoorman.session
 
 #: The sans-IO packages: every module under each must import without Twisted.
-_PACKAGES = (pgdoorman.protocol, pgdoorman.config)
+_PACKAGES = (pgdoorman.protocol, pgdoorman.config, pgdoorman.session)
 
 _CHECK = (
     "import importlib, json, sys\n"
@@ -64,6 +66,8 @@ class SansIOBoundaryTests(SynchronousTestCase):
             "pgdoorman.protocol.messages",
             "pgdoorman.config.schema",
             "pgdoorman.config.loader",
+            "pgdoorman.session.parameters",
+            "pgdoorman.session.state",
         ):
             self.assertIn(expected, names)
 
