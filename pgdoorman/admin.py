@@ -18,8 +18,9 @@ from .pool.stats import percentile
 from .prepared import interner
 from .protocol import messages as m
 from .protocol.constants import SQLSTATE
+from .protocol.errors import PgError
 
-__all__ = ["ADMIN_DATABASES", "AdminConsole", "AdminError", "Controls"]
+__all__ = ["ADMIN_DATABASES", "AdminConsole", "Controls"]
 
 #: Database names that reach the console instead of a pool.
 ADMIN_DATABASES = frozenset(("pgdoorman", "pgbouncer"))
@@ -49,15 +50,6 @@ _SHOW_ALIASES = {"POOL_MEMORY": "POOLS_MEMORY"}
 #: Characters of query text SHOW INTERNER <N> shows.
 _PREVIEW = 120
 _HINT = "Run SHOW HELP for the list of commands."
-
-
-class AdminError(Exception):
-    """A command failed: sent as a (non-fatal) ErrorResponse."""
-
-    def __init__(self, sqlstate: str, message: str) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
 
 
 @attrs.define
@@ -114,8 +106,8 @@ class AdminConsole:
         """Answer one simple Query: result or ErrorResponse, then ReadyForQuery."""
         try:
             body = self._dispatch(sql)
-        except AdminError as e:
-            body = m.error_response(e.sqlstate, e.message, hint=_HINT if e.sqlstate == "58000" else None)
+        except PgError as e:
+            body = e.to_message(hint=_HINT if e.sqlstate == "58000" else None)
         except Exception:
             self.log.failure("admin command {sql!r} failed", sql=sql)
             body = m.error_response(SQLSTATE.INTERNAL_ERROR, "internal error in the admin console")
@@ -149,23 +141,23 @@ class AdminConsole:
         if verb == "SHUTDOWN" and len(words) == 1:
             self.controls.shutdown()
             return _result([("success", TEXT)], [["t"]], "SHUTDOWN")
-        raise AdminError(SQLSTATE.SYSTEM_ERROR, f"Unsupported query against the admin console: {text}")
+        raise PgError(SQLSTATE.SYSTEM_ERROR, f"Unsupported query against the admin console: {text}", "ERROR")
 
     # -- commands that act
 
     def _set(self, text: str) -> bytes:
         found = re.fullmatch(r"(?is)set\s+log_level\s*(?:=|to)\s*'([^']*)'", text)
         if not found:
-            raise AdminError("42601", "syntax: SET log_level = '<level>'")
+            raise PgError("42601", "syntax: SET log_level = '<level>'", "ERROR")
         try:
             self.controls.set_log_level(found.group(1))
         except ValueError as e:
-            raise AdminError("42601", str(e)) from None
+            raise PgError("42601", str(e), "ERROR") from None
         return m.command_complete("SET")
 
     def _pools_of(self, database: "str | None") -> list:
         if database is not None and database not in self.registry.config.pools:
-            raise AdminError(SQLSTATE.INVALID_CATALOG_NAME, f'No pool for database "{database}"')
+            raise PgError(SQLSTATE.INVALID_CATALOG_NAME, f'No pool for database "{database}"', "ERROR")
         return [p for p in self.registry.all_pools() if database is None or p.name[0] == database]
 
     def pause(self, database: "str | None") -> None:
@@ -198,10 +190,8 @@ class AdminConsole:
 
         try:
             self.controls.reload()
-        except ConfigError as e:
-            raise AdminError("F0000", f"RELOAD failed, configuration unchanged: {e}") from None
-        except OSError as e:
-            raise AdminError("F0000", f"RELOAD failed, configuration unchanged: {e}") from None
+        except (ConfigError, OSError) as e:
+            raise PgError("F0000", f"RELOAD failed, configuration unchanged: {e}", "ERROR") from None
 
     # -- SHOW
 

@@ -28,7 +28,7 @@ from .protocol.auth import (
     md5_response,
 )
 from .protocol.constants import SQLSTATE
-from .protocol.errors import AuthenticationFailed, ProtocolViolation
+from .protocol.errors import AuthenticationFailed, PgError
 from .protocol.framing import ALL_TYPES, Framer
 from .session.parameters import TRACKED, sync_plan
 from .sockopts import apply_socket_options
@@ -36,7 +36,6 @@ from .sockopts import apply_socket_options
 __all__ = [
     "OneServer",
     "PeerProducer",
-    "ServerError",
     "ServerConnection",
     "connect_server",
     "connect_to",
@@ -52,31 +51,6 @@ _PREPARED_WATCH = _LINKED_WATCH | {_PARSE_COMPLETE, _CLOSE_COMPLETE}
 
 #: First four bytes of the CommandComplete tags that change session state.
 _TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
-
-
-class ServerError(Exception):
-    """PostgreSQL refused or dropped a connection; carries the fields to show the client."""
-
-    def __init__(self, sqlstate: str, message: str, severity: str = "FATAL", detail=None) -> None:
-        super().__init__(message)
-        self.sqlstate = sqlstate
-        self.message = message
-        self.severity = severity
-        self.detail = detail
-
-    @classmethod
-    def from_fields(cls, fields: dict) -> "ServerError":
-        """Build from the fields of an ErrorResponse."""
-        return cls(
-            fields.get("C", SQLSTATE.CONNECTION_FAILURE),
-            fields.get("M", "server error"),
-            fields.get("V", fields.get("S", "ERROR")),
-            fields.get("D"),
-        )
-
-    def to_message(self) -> bytes:
-        """Encode as an ErrorResponse."""
-        return m.error_response(self.sqlstate, self.message, self.severity, self.detail)
 
 
 @implementer(IPushProducer)
@@ -164,7 +138,7 @@ class ServerConnection(PeerProducer, Protocol):
         self._scram: "ScramClient | None" = None
         self._logged_in = False
         self._internal: "Deferred | None" = None
-        self._internal_error: "ServerError | None" = None
+        self._internal_error: "PgError | None" = None
         self._closing = False
 
     def __repr__(self) -> str:
@@ -195,12 +169,12 @@ class ServerConnection(PeerProducer, Protocol):
                 client.write(data)
                 return
             self._linked(data, events, client)
-        except ProtocolViolation as e:
+        except PgError as e:
             self.log.warn("server {server!r} broke the protocol: {why}", server=self, why=e.message)
-            self._fail(ServerError(SQLSTATE.PROTOCOL_VIOLATION, e.message))
+            self._fail(PgError(SQLSTATE.PROTOCOL_VIOLATION, e.message))
         except Exception:
             self.log.failure("server {server!r}: unexpected error", server=self)
-            self._fail(ServerError(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler"))
+            self._fail(PgError(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler"))
 
     def connectionLost(self, reason: Failure = None) -> None:
         """Tell the login waiter, the linked client or the pool."""
@@ -208,12 +182,12 @@ class ServerConnection(PeerProducer, Protocol):
         if not self._logged_in:
             if not self.ready.called:
                 self.ready.errback(
-                    ServerError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection during login")
+                    PgError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection during login")
                 )
             return
         if self._internal is not None:
             d, self._internal = self._internal, None
-            d.errback(ServerError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection"))
+            d.errback(PgError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection"))
         client = self.client
         if client is not None:
             client.server_lost(self)
@@ -418,7 +392,7 @@ class ServerConnection(PeerProducer, Protocol):
     def run(self, sql: str) -> Deferred:
         """Run a simple query while not linked; fires when ReadyForQuery arrives.
 
-        Fails with L{ServerError} if the query raised an error.
+        Fails with L{PgError} if the query raised an error.
         """
         assert self.client is None and self._internal is None
         self._internal = Deferred()
@@ -465,7 +439,7 @@ class ServerConnection(PeerProducer, Protocol):
             return
         self.at_ready = False
         if mtype == _E:
-            error = ServerError.from_fields(m.parse_error_fields(body))
+            error = PgError.from_fields(m.parse_error_fields(body))
             if error.severity in ("FATAL", "PANIC") or self._internal is None:
                 self.usable = False
             self._internal_error = error
@@ -481,14 +455,14 @@ class ServerConnection(PeerProducer, Protocol):
             elif mtype == _K:
                 self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
             elif mtype == _E:
-                self._fail(ServerError.from_fields(m.parse_error_fields(body)))
+                self._fail(PgError.from_fields(m.parse_error_fields(body)))
             elif mtype == _Z:
                 self._logged_in = True
                 self.tx_status = body
                 self.at_ready = True
                 self.ready.callback(self)
         except AuthenticationFailed as e:
-            self._fail(ServerError(SQLSTATE.INVALID_PASSWORD, f"server login failed: {e}"))
+            self._fail(PgError(SQLSTATE.INVALID_PASSWORD, f"server login failed: {e}"))
 
     def _authenticate(self, code: int, payload: bytes) -> None:
         creds = self.credentials
@@ -532,7 +506,7 @@ class ServerConnection(PeerProducer, Protocol):
         else:
             raise AuthenticationFailed(f"unsupported authentication request {code}")
 
-    def _fail(self, error: ServerError) -> None:
+    def _fail(self, error: PgError) -> None:
         self.usable = False
         if not self._logged_in and not self.ready.called:
             self.ready.errback(error)
@@ -592,7 +566,7 @@ def connect_server(
     startup: dict,
     socket_options=None,
 ) -> Deferred:
-    """Open and log in a L{ServerConnection}; fires with it, or fails with L{ServerError}.
+    """Open and log in a L{ServerConnection}; fires with it, or fails with L{PgError}.
 
     @param socket_options: the C{General} config whose TCP options the socket gets.
     """
@@ -609,9 +583,9 @@ def connect_server(
 
 
 def _as_server_error(failure: Failure, host: str, port: int):
-    if failure.check(ServerError):
+    if failure.check(PgError):
         return failure
-    raise ServerError(
+    raise PgError(
         SQLSTATE.CONNECTION_FAILURE,
         f"could not connect to server {host}:{port}: {failure.getErrorMessage()}",
     )

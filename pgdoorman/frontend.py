@@ -15,7 +15,7 @@ import secrets
 from twisted.internet.protocol import Factory, Protocol
 
 from .admin import ADMIN_DATABASES
-from .backend import PeerProducer, ServerError
+from .backend import PeerProducer
 from .fastwrite import eager_writer
 from .loglevel import logger
 from .pool.pool import PoolClosed, PoolTimeout
@@ -23,7 +23,7 @@ from .prepared import PARSE, PARSE_COMPLETE, REQUESTS, REWRITTEN, ClientStatemen
 from .protocol import messages as m
 from .protocol.auth import SCRAM_MECHANISM, ScramServer, md5_hash, verify_md5
 from .protocol.constants import SQLSTATE
-from .protocol.errors import AuthenticationFailed, ProtocolViolation
+from .protocol.errors import AuthenticationFailed, PgError
 from .protocol.framing import ALL_TYPES, Framer
 from .protocol.startup import (
     CancelRequest,
@@ -142,8 +142,9 @@ class ClientConnection(PeerProducer, Protocol):
     def snapshot(self) -> ClientState:
         """This client's whole state as one value (L{pgdoorman.session.state.ClientState})."""
         client_key = None
-        if self.pool is not None and not self.admin:
-            client_key = self.factory.registry.credentials(self.database, self.user).client_key
+        registry = self.factory.registry
+        if self.pool is not None and registry.user(self.database, self.user) is not None:
+            client_key = registry.credentials(self.database, self.user).client_key
         return ClientState(
             user=self.user,
             database=self.database,
@@ -205,7 +206,7 @@ class ClientConnection(PeerProducer, Protocol):
                 return
             else:
                 self._auth_phase(data)
-        except ProtocolViolation as e:
+        except PgError as e:
             self.log.warn("client {client!r} from {peer}: {why}", client=self, peer=self.peer, why=e.message)
             self.fatal(e.sqlstate, e.message)
         except Exception:
@@ -265,7 +266,7 @@ class ClientConnection(PeerProducer, Protocol):
             if isinstance(event, (SSLRequest, GSSENCRequest)):
                 if reader.pending:
                     # Bytes pipelined behind an SSLRequest could be injected by a MITM.
-                    raise ProtocolViolation(
+                    raise PgError(
                         SQLSTATE.PROTOCOL_VIOLATION, "unexpected data after encryption request"
                     )
                 self.write(b"N")
@@ -327,7 +328,7 @@ class ClientConnection(PeerProducer, Protocol):
     def _auth_phase(self, data: bytes) -> None:
         for mtype, body, end in self._framer.feed(data):
             if mtype != _P:
-                raise ProtocolViolation(
+                raise PgError(
                     SQLSTATE.PROTOCOL_VIOLATION,
                     f"expected password response, got message type {chr(mtype)!r}",
                 )
@@ -497,7 +498,7 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _sync_failed(self, failure, server) -> None:
         self.pool.release(server)
-        failure.trap(ServerError)
+        failure.trap(PgError)
         error = failure.value
         self.fatal(error.sqlstate, error.message, error.detail)
 
@@ -523,7 +524,7 @@ class ClientConnection(PeerProducer, Protocol):
                 f"Could not get a database connection from the pool for database {db}, user {user}",
                 "Timeout occurred while waiting free connection from pool (query_wait_timeout)",
             )
-        elif isinstance(reason, ServerError):
+        elif isinstance(reason, PgError):
             self.send_error(reason.to_message())
         elif isinstance(reason, PoolClosed):
             self.fatal(SQLSTATE.ADMIN_SHUTDOWN, "terminating connection due to pooler shutdown")

@@ -25,7 +25,7 @@ from collections import OrderedDict, deque
 
 from .protocol import messages as m
 from .protocol.constants import SQLSTATE
-from .protocol.errors import ProtocolViolation
+from .protocol.errors import PgError
 from .session.state import PreparedState
 
 __all__ = [
@@ -221,7 +221,7 @@ class ClientStatements:
         goes on unchanged (it refers to nothing the pooler maps: the server then answers
         it as PostgreSQL would).
 
-        @raise ProtocolViolation: a message without its terminating zero bytes.
+        @raise PgError: a message without its terminating zero bytes.
         """
         try:
             if mtype == _PARSE:
@@ -255,7 +255,7 @@ class ClientStatements:
                     self.named.pop(name, None)
             return (CLOSE, m.message(b"C", body))
         except ValueError:
-            raise ProtocolViolation(
+            raise PgError(
                 SQLSTATE.PROTOCOL_VIOLATION, f"malformed message of type {chr(mtype)!r}"
             ) from None
 

@@ -13,7 +13,7 @@ from pgdoorman.prepared import (
     interner,
 )
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.errors import ProtocolViolation
+from pgdoorman.protocol.errors import PgError
 
 
 class InternerTests(SynchronousTestCase):
@@ -114,4 +114,4 @@ class ClientStatementsTests(SynchronousTestCase):
     def test_malformed(self):
         """A message without its zero terminators is a protocol violation."""
         for mtype, body in ((b"P", b"s1"), (b"B", b"\x00s1"), (b"D", b"Ss1"), (b"C", b"Ss1")):
-            self.assertRaises(ProtocolViolation, self.client.translate, mtype[0], body)
+            self.assertRaises(PgError, self.client.translate, mtype[0], body)

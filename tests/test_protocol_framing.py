@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgdoorman.protocol.constants import SQLSTATE
-from pgdoorman.protocol.errors import ProtocolViolation
+from pgdoorman.protocol.errors import PgError
 from pgdoorman.protocol.framing import ALL_TYPES, MAX_WATCHED_BODY, Framer
 from pgdoorman.protocol.messages import (
     command_complete,
@@ -267,7 +267,7 @@ class FramerStateTests(SynchronousTestCase):
 
 
 class FramerErrorTests(SynchronousTestCase):
-    """Malformed or oversized messages raise L{ProtocolViolation}."""
+    """Malformed or oversized messages raise L{PgError}."""
 
     def test_lengthBelowFour(self) -> None:
         """A length below 4 is a protocol violation (08P01), watched or not, split or not."""
@@ -276,7 +276,7 @@ class FramerErrorTests(SynchronousTestCase):
             for watch in (frozenset(), frozenset({D})):
                 for chunks in ([bad], _bytewise(bad), [STREAM + bad[:2], bad[2:]]):
                     framer = Framer(watch)
-                    exc = self.assertRaises(ProtocolViolation, _feed_chunks, framer, chunks)
+                    exc = self.assertRaises(PgError, _feed_chunks, framer, chunks)
                     self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
     def test_emptyBodyAllowed(self) -> None:
@@ -289,13 +289,13 @@ class FramerErrorTests(SynchronousTestCase):
         framer = Framer(frozenset({S}), max_body=10)
         ok = message(b"S", b"x" * 10)
         self.assertEqual(framer.feed(ok), [(S, b"x" * 10, len(ok))])
-        exc = self.assertRaises(ProtocolViolation, framer.feed, message(b"S", b"x" * 11)[:5])
+        exc = self.assertRaises(PgError, framer.feed, message(b"S", b"x" * 11)[:5])
         self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
     def test_defaultMaxBody(self) -> None:
         """By default a watched body above L{MAX_WATCHED_BODY} is refused before buffering."""
         header = b"T" + (MAX_WATCHED_BODY + 5).to_bytes(4, "big")
-        exc = self.assertRaises(ProtocolViolation, Framer(frozenset({T})).feed, header)
+        exc = self.assertRaises(PgError, Framer(frozenset({T})).feed, header)
         self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
     def test_unwatchedLargeBodyAllowed(self) -> None:
@@ -330,10 +330,10 @@ class FramerPropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(data=st.binary(max_size=80), cuts=st.lists(st.integers(0, 80), max_size=6))
     def test_arbitraryBytes(self, data: bytes, cuts: list) -> None:
-        """Arbitrary bytes never raise anything but L{ProtocolViolation}."""
+        """Arbitrary bytes never raise anything but L{PgError}."""
         try:
             _feed_chunks(Framer(ALL_TYPES, max_body=64), _split(data, cuts))
-        except ProtocolViolation as e:
+        except PgError as e:
             self.assertEqual(e.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
 

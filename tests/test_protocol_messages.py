@@ -13,7 +13,7 @@ from pgdoorman.protocol.constants import (
     SQLSTATE,
     SSL_REQUEST_CODE,
 )
-from pgdoorman.protocol.errors import ProtocolViolation
+from pgdoorman.protocol.errors import PgError
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 from pgdoorman.protocol.startup import (
     CancelRequest,
@@ -175,7 +175,7 @@ class AuthTests(SynchronousTestCase):
     def test_parseTruncated(self) -> None:
         """A body shorter than the 4-byte code is a protocol violation."""
         for body in (b"", b"\x00\x00\x00"):
-            exc = self.assertRaises(ProtocolViolation, m.parse_auth, body)
+            exc = self.assertRaises(PgError, m.parse_auth, body)
             self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
 
@@ -200,7 +200,7 @@ class ParameterStatusTests(SynchronousTestCase):
     def test_malformed(self) -> None:
         """A body with fewer than two terminated strings is a protocol violation."""
         for body in (b"", b"name", b"name\x00value"):
-            exc = self.assertRaises(ProtocolViolation, m.parse_parameter_status, body)
+            exc = self.assertRaises(PgError, m.parse_parameter_status, body)
             self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
     @settings(max_examples=200, deadline=None)
@@ -232,7 +232,7 @@ class BackendKeyDataTests(SynchronousTestCase):
     def test_malformed(self) -> None:
         """A body that is not exactly 8 bytes is a protocol violation."""
         for body in (b"", b"\x00" * 7, b"\x00" * 9):
-            exc = self.assertRaises(ProtocolViolation, m.parse_backend_key_data, body)
+            exc = self.assertRaises(PgError, m.parse_backend_key_data, body)
             self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
 
@@ -249,7 +249,7 @@ class PasswordMessageTests(SynchronousTestCase):
     def test_passwordMalformed(self) -> None:
         """A password body without its terminating NUL is a protocol violation."""
         for body in (b"", b"secret"):
-            exc = self.assertRaises(ProtocolViolation, m.parse_password_message, body)
+            exc = self.assertRaises(PgError, m.parse_password_message, body)
             self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
     def test_saslInitialRoundTrip(self) -> None:
@@ -282,7 +282,7 @@ class PasswordMessageTests(SynchronousTestCase):
             b"SCRAM-SHA-256\x00" + struct.pack("!i", -1) + b"a",
             b"SCRAM-SHA-256\x00" + struct.pack("!i", -2),
         ):
-            exc = self.assertRaises(ProtocolViolation, m.parse_sasl_initial_response, body)
+            exc = self.assertRaises(PgError, m.parse_sasl_initial_response, body)
             self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
     def test_saslResponse(self) -> None:
@@ -291,8 +291,8 @@ class PasswordMessageTests(SynchronousTestCase):
 
     @settings(max_examples=200, deadline=None)
     @given(body=st.binary(max_size=40))
-    def test_parsersOnlyRaiseProtocolViolation(self, body: bytes) -> None:
-        """The decoders raise nothing but L{ProtocolViolation} on arbitrary bodies."""
+    def test_parsersOnlyRaisePgError(self, body: bytes) -> None:
+        """The decoders raise nothing but L{PgError} on arbitrary bodies."""
         for parse in (
             m.parse_auth,
             m.parse_parameter_status,
@@ -303,7 +303,7 @@ class PasswordMessageTests(SynchronousTestCase):
         ):
             try:
                 parse(body)
-            except ProtocolViolation:
+            except PgError:
                 pass
 
 

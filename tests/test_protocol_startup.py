@@ -15,7 +15,7 @@ from pgdoorman.protocol.constants import (
     SQLSTATE,
     SSL_REQUEST_CODE,
 )
-from pgdoorman.protocol.errors import ProtocolViolation
+from pgdoorman.protocol.errors import PgError
 from pgdoorman.protocol.startup import (
     CancelRequest,
     GSSENCRequest,
@@ -150,7 +150,7 @@ class SpecialRequestTests(_FeedTriadMixin, SynchronousTestCase):
         for body in (b"", struct.pack("!i", 1), struct.pack("!iii", 1, 2, 3)):
             reader = StartupReader()
             reader.feed(_packet(CANCEL_REQUEST_CODE, body))
-            exc = self.assertRaises(ProtocolViolation, reader.next_event)
+            exc = self.assertRaises(PgError, reader.next_event)
             self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
 
@@ -214,18 +214,18 @@ class StartupMessageTests(_FeedTriadMixin, SynchronousTestCase):
 
 
 class StartupErrorTests(SynchronousTestCase):
-    """Packets PostgreSQL would refuse raise L{ProtocolViolation} with its SQLSTATE."""
+    """Packets PostgreSQL would refuse raise L{PgError} with its SQLSTATE."""
 
-    def assertViolation(self, data: bytes, sqlstate: str) -> ProtocolViolation:
-        """Feeding C{data} raises L{ProtocolViolation} with C{sqlstate}, whole and byte-wise."""
+    def assertViolation(self, data: bytes, sqlstate: str) -> PgError:
+        """Feeding C{data} raises L{PgError} with C{sqlstate}, whole and byte-wise."""
         reader = StartupReader()
         reader.feed(data)
-        exc = self.assertRaises(ProtocolViolation, _drain, reader)
+        exc = self.assertRaises(PgError, _drain, reader)
         self.assertEqual(exc.sqlstate, sqlstate)
         self.assertTrue(exc.message)
 
         reader = StartupReader()
-        with self.assertRaises(ProtocolViolation) as cm:
+        with self.assertRaises(PgError) as cm:
             for i in range(len(data)):
                 reader.feed(data[i : i + 1])
                 _drain(reader)
@@ -349,10 +349,10 @@ class StartupPropertyTests(SynchronousTestCase):
     @settings(max_examples=200, deadline=None)
     @given(data=st.binary(max_size=64), cuts=st.lists(st.integers(0, 64), max_size=4))
     def test_arbitraryBytes(self, data: bytes, cuts: list) -> None:
-        """Arbitrary bytes either decode or raise L{ProtocolViolation}, never anything else."""
+        """Arbitrary bytes either decode or raise L{PgError}, never anything else."""
         try:
             _feed_chunks(_split(data, cuts))
-        except ProtocolViolation as e:
+        except PgError as e:
             self.assertIn(
                 e.sqlstate,
                 {
@@ -368,10 +368,10 @@ class StartupPropertyTests(SynchronousTestCase):
         body=st.binary(max_size=40),
     )
     def test_arbitraryBodies(self, code: int, body: bytes) -> None:
-        """Well-framed packets with arbitrary bodies never raise anything but L{ProtocolViolation}."""
+        """Well-framed packets with arbitrary bodies never raise anything but L{PgError}."""
         reader = StartupReader()
         reader.feed(_packet(code, body))
         try:
             _drain(reader)
-        except ProtocolViolation:
+        except PgError:
             pass

@@ -9,7 +9,7 @@ offsets of watched messages to cut it where it must (DESIGN.md, "The data path")
 import struct
 
 from .constants import SQLSTATE
-from .errors import ProtocolViolation
+from .errors import PgError
 
 __all__ = ["Framer", "MAX_WATCHED_BODY", "ALL_TYPES"]
 
@@ -93,7 +93,7 @@ class Framer:
         (C{None} for peeked types), and the offset in C{data} just past the message (for a
         peeked message that is still incomplete, past the end of C{data}).
 
-        @raise ProtocolViolation: a length below 4, or a watched body above C{max_body}.
+        @raise PgError: a length below 4, or a watched body above C{max_body}.
         """
         n = len(data)
         pos = 0
@@ -125,11 +125,11 @@ class Framer:
             mtype = data[pos]
             (length,) = _unpack_len(data, pos + 1)
             if length < 4:
-                raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, f"invalid message length {length}")
+                raise PgError(SQLSTATE.PROTOCOL_VIOLATION, f"invalid message length {length}")
             end = pos + 1 + length
             if mtype in watch:
                 if length - 4 > self.max_body:
-                    raise ProtocolViolation(
+                    raise PgError(
                         SQLSTATE.PROTOCOL_VIOLATION,
                         f"message of type {chr(mtype)!r} too large ({length} bytes)",
                     )

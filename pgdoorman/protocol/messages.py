@@ -4,7 +4,7 @@
 import struct
 
 from .constants import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SQLSTATE, SSL_REQUEST_CODE
-from .errors import ProtocolViolation
+from .errors import PgError
 
 __all__ = [
     "message",
@@ -128,7 +128,7 @@ def auth_sasl_final(data: bytes) -> bytes:
 def parse_auth(body: bytes) -> tuple:
     """Split an Authentication* body into C{(code, payload)}."""
     if len(body) < 4:
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "truncated authentication request")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "truncated authentication request")
     return _I.unpack_from(body, 0)[0], body[4:]
 
 
@@ -141,7 +141,7 @@ def parse_parameter_status(body: bytes) -> tuple:
     """Decode a ParameterStatus body into C{(name, value)}."""
     parts = body.split(b"\x00")
     if len(parts) < 3:
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "malformed ParameterStatus")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "malformed ParameterStatus")
     return parts[0].decode("utf-8", "replace"), parts[1].decode("utf-8", "replace")
 
 
@@ -153,7 +153,7 @@ def backend_key_data(pid: int, key: int) -> bytes:
 def parse_backend_key_data(body: bytes) -> tuple:
     """Decode BackendKeyData into C{(pid, key)}."""
     if len(body) != 8:
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "malformed BackendKeyData")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "malformed BackendKeyData")
     return _II.unpack(body)
 
 
@@ -235,7 +235,7 @@ def query(sql: str) -> bytes:
 def parse_password_message(body: bytes) -> bytes:
     """Return the password/hash carried by a PasswordMessage body, without its NUL."""
     if not body or body[-1] != 0:
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "malformed password message")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "malformed password message")
     return body[:-1]
 
 
@@ -243,12 +243,12 @@ def parse_sasl_initial_response(body: bytes) -> tuple:
     """Decode a SASLInitialResponse body into C{(mechanism, data)}."""
     end = body.find(b"\x00")
     if end < 0 or len(body) < end + 5:
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "malformed SASLInitialResponse")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "malformed SASLInitialResponse")
     mechanism = body[:end].decode("utf-8", "replace")
     (length,) = _I.unpack_from(body, end + 1)
     data = body[end + 5 :]
     if length != len(data) and not (length == -1 and not data):
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "malformed SASLInitialResponse")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "malformed SASLInitialResponse")
     return mechanism, data
 
 

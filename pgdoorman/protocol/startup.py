@@ -14,7 +14,7 @@ from .constants import (
     SQLSTATE,
     SSL_REQUEST_CODE,
 )
-from .errors import ProtocolViolation
+from .errors import PgError
 
 __all__ = [
     "SSLRequest",
@@ -61,7 +61,7 @@ class StartupReader:
     """Accumulates bytes of the startup phase and yields one event per packet.
 
     Call L{feed} with whatever arrived, then L{next_event} until it returns C{None}.
-    Raises L{ProtocolViolation} for packets PostgreSQL would refuse.
+    Raises L{PgError} for packets PostgreSQL would refuse.
     """
 
     __slots__ = ("_buf",)
@@ -91,7 +91,7 @@ class StartupReader:
             return None
         (length,) = struct.unpack_from("!i", buf, 0)
         if length < 8 or length > MAX_STARTUP_PACKET:
-            raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "invalid length of startup packet")
+            raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "invalid length of startup packet")
         if len(buf) < length:
             return None
         packet = bytes(buf[:length])
@@ -107,12 +107,12 @@ def _decode(packet: bytes) -> StartupEvent:
         return GSSENCRequest()
     if code == CANCEL_REQUEST_CODE:
         if length != 16:
-            raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, "invalid length of cancel request packet")
+            raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "invalid length of cancel request packet")
         _, _, pid, key = struct.unpack("!iiii", packet)
         return CancelRequest(pid, key)
     major, minor = code >> 16, code & 0xFFFF
     if major != 3:
-        raise ProtocolViolation(
+        raise PgError(
             SQLSTATE.FEATURE_NOT_SUPPORTED,
             f"unsupported frontend protocol {major}.{minor}: server supports 3.0 to 3.0",
         )
@@ -131,23 +131,23 @@ def _decode_params(body: bytes) -> dict:
         if name_end == offset:
             break  # the terminator
         if name_end < 0 or name_end + 1 >= n:
-            raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, layout)
+            raise PgError(SQLSTATE.PROTOCOL_VIOLATION, layout)
         value_end = body.find(b"\x00", name_end + 1)
         if value_end < 0:
-            raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, layout)
+            raise PgError(SQLSTATE.PROTOCOL_VIOLATION, layout)
         try:
             name = body[offset:name_end].decode("utf-8")
             value = body[name_end + 1 : value_end].decode("utf-8")
         except UnicodeDecodeError:
-            raise ProtocolViolation(
+            raise PgError(
                 SQLSTATE.PROTOCOL_VIOLATION, "invalid byte sequence in startup packet"
             ) from None
         params[name] = value
         offset = value_end + 1
     if offset != n - 1:
-        raise ProtocolViolation(SQLSTATE.PROTOCOL_VIOLATION, layout)
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, layout)
     if not params.get("user"):
-        raise ProtocolViolation(
+        raise PgError(
             SQLSTATE.INVALID_AUTHORIZATION,
             "no PostgreSQL user name specified in startup packet",
         )
