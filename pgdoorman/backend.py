@@ -19,7 +19,7 @@ from zope.interface import implementer
 from .auth import ServerCredentials
 from .fastwrite import eager_writer
 from .loglevel import logger
-from .prepared import CLOSE_AS_PARSE, PARSE_COMPLETE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
+from .prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
 from .protocol import messages as m
 from .protocol.auth import (
     SCRAM_MECHANISM,
@@ -27,7 +27,18 @@ from .protocol.auth import (
     md5_hash,
     md5_response,
 )
-from .protocol.constants import SQLSTATE
+from .protocol.constants import (
+    AUTHENTICATION,
+    BACKEND_KEY_DATA,
+    CLOSE_COMPLETE,
+    COMMAND_COMPLETE,
+    COPY_IN_RESPONSE,
+    ERROR_RESPONSE,
+    PARAMETER_STATUS,
+    PARSE_COMPLETE,
+    READY_FOR_QUERY,
+    SQLSTATE,
+)
 from .protocol.errors import AuthenticationFailed, PgError
 from .protocol.framing import ALL_TYPES, Framer
 from .session.parameters import TRACKED, sync_plan
@@ -41,13 +52,13 @@ __all__ = [
     "connect_to",
 ]
 
-_Z, _C, _E, _S, _K, _R, _G = (ord(c) for c in "ZCESKRG")
 #: While linked: ReadyForQuery, CommandComplete (session-state tracking), errors, parameters,
 #: CopyInResponse (the client owes CopyDone/CopyFail even if the server gives up first).
-_LINKED_WATCH = frozenset((_Z, _C, _E, _S, _G))
-_PARSE_COMPLETE, _CLOSE_COMPLETE = ord("1"), ord("3")
+_LINKED_WATCH = frozenset(
+    (READY_FOR_QUERY, COMMAND_COMPLETE, ERROR_RESPONSE, PARAMETER_STATUS, COPY_IN_RESPONSE)
+)
 #: With prepared statements mapped, also the answers the pooler may swallow or change.
-_PREPARED_WATCH = _LINKED_WATCH | {_PARSE_COMPLETE, _CLOSE_COMPLETE}
+_PREPARED_WATCH = _LINKED_WATCH | {PARSE_COMPLETE, CLOSE_COMPLETE}
 
 #: First four bytes of the CommandComplete tags that change session state.
 _TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
@@ -202,7 +213,7 @@ class ServerConnection(PeerProducer, Protocol):
         out = None
         self.at_ready = False
         for mtype, body, end in events:
-            if mtype == _Z:
+            if mtype == READY_FOR_QUERY:
                 self.tx_status = body
                 self.at_ready = end == n
                 if not self.pending:
@@ -222,11 +233,11 @@ class ServerConnection(PeerProducer, Protocol):
                     if end < n:
                         self.dataReceived(data[end:])
                     return
-            elif mtype == _C:
+            elif mtype == COMMAND_COMPLETE:
                 # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
                 if body[:4] in _TRACKED_TAGS:
                     self._track_tag(body, client)
-            elif mtype == _PARSE_COMPLETE or mtype == _CLOSE_COMPLETE:
+            elif mtype == PARSE_COMPLETE or mtype == CLOSE_COMPLETE:
                 if not self.expect:
                     continue
                 code = self.expect.popleft()[1]
@@ -235,15 +246,15 @@ class ServerConnection(PeerProducer, Protocol):
                         out = []
                     out.append(data[pos : end - 5])
                     if code == CLOSE_AS_PARSE:
-                        out.append(PARSE_COMPLETE)
+                        out.append(m.PARSE_COMPLETE)
                     pos = end
-            elif mtype == _S:
+            elif mtype == PARAMETER_STATUS:
                 name, value = self._parameter(body)
                 if name in TRACKED:
                     client.parameter_changed(name, value)
-            elif mtype == _G:
+            elif mtype == COPY_IN_RESPONSE:
                 client.copy_in = True
-            elif mtype == _E:
+            elif mtype == ERROR_RESPONSE:
                 client.error_count += 1
                 client.pool.stats.errors += 1
                 if self.expect:
@@ -424,7 +435,7 @@ class ServerConnection(PeerProducer, Protocol):
                 return
 
     def _idle_message(self, mtype: int, body: bytes) -> None:
-        if mtype == _Z:
+        if mtype == READY_FOR_QUERY:
             self.tx_status = body
             if self.pending:
                 self.pending -= 1
@@ -438,25 +449,25 @@ class ServerConnection(PeerProducer, Protocol):
                     d.callback(self)
             return
         self.at_ready = False
-        if mtype == _E:
+        if mtype == ERROR_RESPONSE:
             error = PgError.from_fields(m.parse_error_fields(body))
             if error.severity in ("FATAL", "PANIC") or self._internal is None:
                 self.usable = False
             self._internal_error = error
-        elif mtype == _S:
+        elif mtype == PARAMETER_STATUS:
             self._parameter(body)
 
     def _login_message(self, mtype: int, body: bytes) -> None:
         try:
-            if mtype == _R:
+            if mtype == AUTHENTICATION:
                 self._authenticate(*m.parse_auth(body))
-            elif mtype == _S:
+            elif mtype == PARAMETER_STATUS:
                 self._parameter(body)
-            elif mtype == _K:
+            elif mtype == BACKEND_KEY_DATA:
                 self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
-            elif mtype == _E:
+            elif mtype == ERROR_RESPONSE:
                 self._fail(PgError.from_fields(m.parse_error_fields(body)))
-            elif mtype == _Z:
+            elif mtype == READY_FOR_QUERY:
                 self._logged_in = True
                 self.tx_status = body
                 self.at_ready = True

@@ -19,10 +19,27 @@ from .backend import PeerProducer
 from .fastwrite import eager_writer
 from .loglevel import logger
 from .pool.pool import PoolClosed, PoolTimeout
-from .prepared import PARSE, PARSE_COMPLETE, REQUESTS, REWRITTEN, ClientStatements, render
+from .prepared import PARSE as PARSE_ITEM
+from .prepared import REQUESTS, REWRITTEN, ClientStatements, render
 from .protocol import messages as m
 from .protocol.auth import SCRAM_MECHANISM, ScramServer, md5_hash, verify_md5
-from .protocol.constants import SQLSTATE
+from .protocol.constants import (
+    BIND,
+    CLOSE,
+    COPY_DATA,
+    COPY_DONE,
+    COPY_FAIL,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    FUNCTION_CALL,
+    PARSE,
+    PASSWORD,
+    QUERY,
+    SQLSTATE,
+    SYNC,
+    TERMINATE,
+)
 from .protocol.errors import AuthenticationFailed, PgError
 from .protocol.framing import ALL_TYPES, Framer
 from .protocol.startup import (
@@ -38,14 +55,13 @@ from .sockopts import apply_socket_options
 
 __all__ = ["ClientConnection", "ClientFactory"]
 
-_Q, _S, _F, _X, _P, _COPY_DATA, _COPY_DONE, _COPY_FAIL = (ord(c) for c in "QSFXpdcf")
 #: Requests that each get exactly one ReadyForQuery back.
-_REQUESTS = frozenset((_Q, _S, _F))
+_REQUESTS = frozenset((QUERY, SYNC, FUNCTION_CALL))
 #: Extended-protocol messages that are part of a batch until the next Sync.
-_BATCH = frozenset(ord(c) for c in "PBDECH")
+_BATCH = frozenset((PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, FLUSH))
 #: Every client message type except CopyData, whose per-row volume would cost too much.
-_CLIENT_PEEK = ALL_TYPES - {_COPY_DATA, _X}
-_CLIENT_WATCH = frozenset((_X,))
+_CLIENT_PEEK = ALL_TYPES - {COPY_DATA, TERMINATE}
+_CLIENT_WATCH = frozenset((TERMINATE,))
 #: With prepared statements mapped: Parse, Bind, Describe and Close are read whole. A Bind
 #: is as large as its parameters; PostgreSQL's own limit for one message is 1 GB.
 _PREPARED_WATCH = _CLIENT_WATCH | REWRITTEN
@@ -171,7 +187,7 @@ class ClientConnection(PeerProducer, Protocol):
         """Forward to the linked server (the hot path), or run the current login phase."""
         try:
             if self.phase == LINKED:
-                if self._framer.single(data) == _Q:
+                if self._framer.single(data) == QUERY:
                     if self.statements is not None and data[5] in _DEALLOCATE_FIRST:
                         if self._deallocate(data):
                             return
@@ -327,7 +343,7 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _auth_phase(self, data: bytes) -> None:
         for mtype, body, end in self._framer.feed(data):
-            if mtype != _P:
+            if mtype != PASSWORD:
                 raise PgError(
                     SQLSTATE.PROTOCOL_VIOLATION,
                     f"expected password response, got message type {chr(mtype)!r}",
@@ -376,13 +392,13 @@ class ClientConnection(PeerProducer, Protocol):
         for mtype, body, _ in self._framer.feed(data):
             if self.phase != ADMIN:
                 return
-            if mtype == _Q:
+            if mtype == QUERY:
                 sql = body[:-1].decode("utf-8", "replace") if body.endswith(b"\x00") else ""
                 self.write(self.factory.console.execute(sql))
-            elif mtype == _X:
+            elif mtype == TERMINATE:
                 self.phase = CLOSED
                 self.close()
-            elif mtype == _S:
+            elif mtype == SYNC:
                 self._admin_skip = False
                 self.write(m.READY_IDLE)
             elif not self._admin_skip:
@@ -541,7 +557,7 @@ class ClientConnection(PeerProducer, Protocol):
 
         With prepared statements mapped, what is kept are items to render for whichever
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
-        if self._framer.single(data) == _Q:
+        if self._framer.single(data) == QUERY:
             if self.statements is not None and data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
                 return
             self._unsynced = False
@@ -600,14 +616,14 @@ class ClientConnection(PeerProducer, Protocol):
         reaches a server with the first Bind or Describe that needs it. Besides saving a
         round trip, this keeps a synchronous prepare from waiting on a full pool while its
         own thread holds a server in a transaction (pgbench -M prepared does that)."""
-        if type(items[0]) is not tuple or items[0][0] != PARSE:
+        if type(items[0]) is not tuple or items[0][0] != PARSE_ITEM:
             return False
         answer = []
         for item in items:
             if item is _ONE_REQUEST:
                 answer.append(m.READY_IDLE)
-            elif type(item) is tuple and item[0] == PARSE:
-                answer.append(PARSE_COMPLETE)
+            elif type(item) is tuple and item[0] == PARSE_ITEM:
+                answer.append(m.PARSE_COMPLETE)
             elif item != m.SYNC:
                 return False
         self.write(b"".join(answer))
@@ -654,10 +670,10 @@ class ClientConnection(PeerProducer, Protocol):
                     items.append(_ONE_REQUEST)
                 elif mtype in _BATCH:
                     self._unsynced = True
-                elif mtype == _COPY_DONE or mtype == _COPY_FAIL:
+                elif mtype == COPY_DONE or mtype == COPY_FAIL:
                     self.copy_in = False
                 continue
-            if mtype == _X:
+            if mtype == TERMINATE:
                 start = end - 5
                 if start > pos:
                     items.append(_span(carry, data, pos, start))
@@ -740,14 +756,14 @@ class ClientConnection(PeerProducer, Protocol):
             if mtype in _REQUESTS:
                 self._unsynced = False
                 requests += 1
-            elif mtype == _X:
+            elif mtype == TERMINATE:
                 # Terminate is ours to act on: the server stays open for the next client.
                 self.phase = CLOSED
                 self.close()
                 return data[: end - 5], requests
             elif mtype in _BATCH:
                 self._unsynced = True
-            elif mtype == _COPY_DONE or mtype == _COPY_FAIL:
+            elif mtype == COPY_DONE or mtype == COPY_FAIL:
                 self.copy_in = False
         return data, requests
 

@@ -23,6 +23,7 @@ group are dropped and what they assumed is rolled back.
 import itertools
 from collections import OrderedDict, deque
 
+from .protocol import constants as c
 from .protocol import messages as m
 from .protocol.constants import SQLSTATE
 from .protocol.errors import PgError
@@ -40,7 +41,7 @@ __all__ = [
     "skipped",
 ]
 
-_PARSE, _BIND, _DESCRIBE, _CLOSE = (ord(c) for c in "PBDC")
+_PARSE, _BIND, _DESCRIBE, _CLOSE = c.PARSE, c.BIND, c.DESCRIBE, c.CLOSE
 
 #: The client message types the rewriter reads whole.
 REWRITTEN = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
@@ -56,7 +57,6 @@ PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE = range(5)
 
 #: Closing a portal that cannot exist: PostgreSQL answers CloseComplete and does nothing.
 _NOOP_CLOSE = m.message(b"C", b"PDOORMAN_NOOP\x00")
-PARSE_COMPLETE = m.message(b"1")
 
 _names = itertools.count(1)
 

@@ -2,6 +2,30 @@
 """Protocol numbers, message type bytes and the SQLSTATEs the pooler raises itself."""
 
 __all__ = [
+    "AUTHENTICATION",
+    "BACKEND_KEY_DATA",
+    "BIND",
+    "BIND_COMPLETE",
+    "CLOSE",
+    "CLOSE_COMPLETE",
+    "COMMAND_COMPLETE",
+    "COPY_DATA",
+    "COPY_DONE",
+    "COPY_FAIL",
+    "COPY_IN_RESPONSE",
+    "DESCRIBE",
+    "ERROR_RESPONSE",
+    "EXECUTE",
+    "FLUSH",
+    "FUNCTION_CALL",
+    "PARAMETER_STATUS",
+    "PARSE",
+    "PARSE_COMPLETE",
+    "PASSWORD",
+    "QUERY",
+    "READY_FOR_QUERY",
+    "SYNC",
+    "TERMINATE",
     "SSL_REQUEST_CODE",
     "GSSENC_REQUEST_CODE",
     "CANCEL_REQUEST_CODE",
@@ -17,6 +41,17 @@ PROTOCOL_3_0 = 3 << 16
 
 #: PostgreSQL's own limit for the untyped startup packet (MAX_STARTUP_PACKET_LENGTH).
 MAX_STARTUP_PACKET = 10000
+
+# Message type bytes, as the int a framer reports (C{b"Q"[0]}): the one place they are named.
+
+#: Frontend messages (client to server). PASSWORD is also SASLInitialResponse/SASLResponse.
+QUERY, PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, SYNC, FLUSH, FUNCTION_CALL, TERMINATE = b"QPBDECSHFX"
+PASSWORD, COPY_DATA, COPY_DONE, COPY_FAIL = b"pdcf"
+
+#: Backend messages (server to client).
+AUTHENTICATION, PARAMETER_STATUS, BACKEND_KEY_DATA, READY_FOR_QUERY = b"RSKZ"
+COMMAND_COMPLETE, ERROR_RESPONSE, COPY_IN_RESPONSE = b"CEG"
+PARSE_COMPLETE, BIND_COMPLETE, CLOSE_COMPLETE = b"123"
 
 
 class SQLSTATE:

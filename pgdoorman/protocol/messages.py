@@ -254,3 +254,4 @@ def parse_sasl_initial_response(body: bytes) -> tuple:
 
 TERMINATE = message(b"X")
 SYNC = message(b"S")
+PARSE_COMPLETE = message(b"1")
