@@ -27,6 +27,7 @@ from pgdoorman.config import loads
 from pgdoorman.frontend import IDLE, ClientFactory
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
+from pgdoorman.session.client_login import LoggedIn
 
 CONFIG = """
 [general]
@@ -78,10 +79,7 @@ def build():
     factory = ClientFactory(registry, canceller=lambda s: None)
     client = factory.buildProtocol(None)
     client.makeConnection(NullTransport())
-    client.user = client.database = "bench"
-    client.pool_config, client.user_config = registry.user("bench", "bench")
-    client.transaction_mode = True
-    client._authenticated()
+    client._authenticated(LoggedIn({"user": "bench", "database": "bench"}, False, None, b""))
     assert client.phase == IDLE and server.pool_state == "idle", (client.phase, server.pool_state)
     return client, server
 

@@ -20,10 +20,8 @@ from .protocol import messages as m
 from .protocol.constants import SQLSTATE
 from .protocol.errors import PgError
 
-__all__ = ["ADMIN_DATABASES", "AdminConsole", "Controls"]
+__all__ = ["AdminConsole", "Controls"]
 
-#: Database names that reach the console instead of a pool.
-ADMIN_DATABASES = frozenset(("pgdoorman", "pgbouncer"))
 
 TEXT, INT8, FLOAT8 = 25, 20, 701
 

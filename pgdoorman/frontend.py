@@ -8,13 +8,11 @@ at the first message of a transaction and released at ReadyForQuery C{I} once ev
 the client sent has been answered.
 """
 
-import os
 import re
 import secrets
 
 from twisted.internet.protocol import Factory, Protocol
 
-from .admin import ADMIN_DATABASES
 from .backend import PeerProducer
 from .fastwrite import eager_writer
 from .loglevel import logger
@@ -22,7 +20,6 @@ from .pool.pool import PoolClosed, PoolTimeout
 from .prepared import PARSE as PARSE_ITEM
 from .prepared import REQUESTS, REWRITTEN, ClientStatements, render
 from .protocol import messages as m
-from .protocol.auth import SCRAM_MECHANISM, ScramServer, md5_hash, verify_md5
 from .protocol.constants import (
     BIND,
     CLOSE,
@@ -34,21 +31,14 @@ from .protocol.constants import (
     FLUSH,
     FUNCTION_CALL,
     PARSE,
-    PASSWORD,
     QUERY,
     SQLSTATE,
     SYNC,
     TERMINATE,
 )
-from .protocol.errors import AuthenticationFailed, PgError
+from .protocol.errors import PgError
 from .protocol.framing import ALL_TYPES, Framer
-from .protocol.startup import (
-    CancelRequest,
-    GSSENCRequest,
-    SSLRequest,
-    StartupMessage,
-    StartupReader,
-)
+from .session.client_login import Cancel, ClientLogin, LoggedIn, Started
 from .session.parameters import wanted_from_startup, with_change
 from .session.state import ClientState
 from .sockopts import apply_socket_options
@@ -75,9 +65,7 @@ _DEALLOCATE_FIRST = frozenset(b" \t\n\r\x0bdD")
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 _HELD_CAP = 256 * 1024
 
-STARTUP, AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(10)
-
-_AUTHENTICATING = frozenset((AUTH_MD5, AUTH_SASL_FIRST, AUTH_SASL_FINAL))
+LOGGING_IN, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(7)
 
 #: SHOW CLIENTS state of each phase.
 _STATES = {IDLE: "idle", LINKED: "active", ADMIN: "active", WAITING: "waiting", LOGIN: "waiting"}
@@ -114,7 +102,7 @@ class ClientConnection(PeerProducer, Protocol):
         self.factory = factory
         self.id = factory.next_id()
         self.key = secrets.randbelow(1 << 31)
-        self.phase = STARTUP
+        self.phase = LOGGING_IN
         self.server = None
         self.pool = None
         self.user = None
@@ -130,9 +118,8 @@ class ClientConnection(PeerProducer, Protocol):
         self.error_count = 0
         self.since = self.connected_at
         self.admin = False
-        self._md5 = ""
-        self._startup = StartupReader()
-        self._framer = Framer(ALL_TYPES)
+        self._login = ClientLogin(factory.registry.account)
+        self._framer = None
         self._waiting = False
         self._then = None
         self.deadline = None
@@ -142,9 +129,6 @@ class ClientConnection(PeerProducer, Protocol):
         self._unsynced = False
         self.statements: "ClientStatements | None" = None
         self._carry = b""
-        self._secret = None
-        self._scram = None
-        self._salt = b""
         self._paused = False
 
     def __repr__(self) -> str:
@@ -210,8 +194,8 @@ class ClientConnection(PeerProducer, Protocol):
                 server.bytes_sent += n
                 server.write(data)
                 return
-            if self.phase == STARTUP:
-                self._startup_phase(data)
+            if self.phase == LOGGING_IN:
+                self._login_phase(data)
             elif self.phase in (IDLE, WAITING):
                 self._hold(data)
             elif self.phase == LOGIN:
@@ -220,14 +204,15 @@ class ClientConnection(PeerProducer, Protocol):
                 self._admin_phase(data)
             elif self.phase == CLOSED:
                 return
-            else:
-                self._auth_phase(data)
         except PgError as e:
-            self.log.warn("client {client!r} from {peer}: {why}", client=self, peer=self.peer, why=e.message)
+            self._violation(e)
             self.fatal(e.sqlstate, e.message)
         except Exception:
             self.log.failure("client {client!r}: unexpected error", client=self)
             self.fatal(SQLSTATE.INTERNAL_ERROR, "internal error in the pooler")
+
+    def _violation(self, error: PgError) -> None:
+        self.log.warn("client {client!r} from {peer}: {why}", client=self, peer=self.peer, why=error.message)
 
     def connectionLost(self, reason=None) -> None:
         """Give the server back (or drop it if mid-request) and forget this client."""
@@ -272,118 +257,27 @@ class ClientConnection(PeerProducer, Protocol):
 
     # -- startup and authentication
 
-    def _startup_phase(self, data: bytes) -> None:
-        reader = self._startup
-        reader.feed(data)
-        while self.phase == STARTUP:
-            event = reader.next_event()
-            if event is None:
-                return
-            if isinstance(event, (SSLRequest, GSSENCRequest)):
-                if reader.pending:
-                    # Bytes pipelined behind an SSLRequest could be injected by a MITM.
-                    raise PgError(
-                        SQLSTATE.PROTOCOL_VIOLATION, "unexpected data after encryption request"
-                    )
-                self.write(b"N")
-            elif isinstance(event, CancelRequest):
+    def _login_phase(self, data: bytes) -> None:
+        for item in self._login.receive(data):
+            if type(item) is bytes:
+                self.write(item)
+            elif isinstance(item, Started):
+                self.factory.counts["plain"] += 1
+                self.user = item.params["user"]
+                self.database = item.params["database"]
+            elif isinstance(item, LoggedIn):
+                self._login = None
+                self._authenticated(item)
+            elif isinstance(item, Cancel):
                 self.factory.counts["cancel"] += 1
                 self.phase = CLOSED
-                self.factory.cancel(event.pid, event.key)
+                self.factory.cancel(item.pid, item.key)
                 self.close()
-            elif isinstance(event, StartupMessage):
-                self.factory.counts["plain"] += 1
-                self._login(event, reader.take_pending())
-
-    def _login(self, event: StartupMessage, rest: bytes) -> None:
-        params = event.params
-        self.user = params["user"]
-        self.database = params["database"]
-        if event.minor:
-            self.write(m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")]))
-        self.wanted = wanted_from_startup(params)
-        registry = self.factory.registry
-        if self.database in ADMIN_DATABASES:
-            general = registry.config.general
-            if self.user != general.admin_username:
-                self._auth_failed()
-                return
-            self.admin = True
-            self._md5 = md5_hash(general.admin_username, general.admin_password)
-            self._salt = os.urandom(4)
-            self.phase = AUTH_MD5
-            self.write(m.auth_md5(self._salt))
-            if rest:
-                self._auth_phase(rest)
-            return
-        if registry.config.pools.get(self.database) is None:
-            self.fatal(SQLSTATE.INVALID_CATALOG_NAME, f'database "{self.database}" does not exist')
-            return
-        found = registry.user(self.database, self.user)
-        if found is None:
-            self._auth_failed()
-            return
-        self.pool_config, self.user_config = found
-        self.transaction_mode = self.user_config.pool_mode == "transaction"
-        kind = self.user_config.password_kind
-        if kind == "md5":
-            self._md5 = self.user_config.password
-            self._salt = os.urandom(4)
-            self.phase = AUTH_MD5
-            self.write(m.auth_md5(self._salt))
-        elif kind in ("scram", "plain"):
-            self._secret = registry.scram_secret(self.database, self.user)
-            self.phase = AUTH_SASL_FIRST
-            self.write(m.auth_sasl([SCRAM_MECHANISM]))
-        else:
-            self._auth_failed()
-            return
-        if rest:
-            self._auth_phase(rest)
-
-    def _auth_phase(self, data: bytes) -> None:
-        for mtype, body, end in self._framer.feed(data):
-            if mtype != PASSWORD:
-                raise PgError(
-                    SQLSTATE.PROTOCOL_VIOLATION,
-                    f"expected password response, got message type {chr(mtype)!r}",
-                )
-            try:
-                self._password_message(body)
-            except AuthenticationFailed:
-                self._auth_failed()
-                return
-            if self.phase not in _AUTHENTICATING:
-                # A client that pipelines its first query behind the password: keep it for
-                # the phase it is in now (the framer above already walked past it).
-                rest = data[end:]
-                if rest and self.phase != CLOSED:
-                    if self.phase == LOGIN:
-                        self._held.append(rest)
-                    else:
-                        if self.phase == ADMIN:
-                            self._framer = Framer(ALL_TYPES)
-                        self.dataReceived(rest)
-                return
-
-    def _password_message(self, body: bytes) -> None:
-        if self.phase == AUTH_MD5:
-            if not verify_md5(self._md5, self._salt, m.parse_password_message(body)):
-                raise AuthenticationFailed("md5 mismatch")
-            self._authenticated()
-        elif self.phase == AUTH_SASL_FIRST:
-            mechanism, payload = m.parse_sasl_initial_response(body)
-            if mechanism != SCRAM_MECHANISM:
-                raise AuthenticationFailed("unsupported SASL mechanism")
-            self._scram = ScramServer(self._secret)
-            self.phase = AUTH_SASL_FINAL
-            self.write(m.auth_sasl_continue(self._scram.handle_client_first(payload)))
-        elif self.phase == AUTH_SASL_FINAL:
-            final = self._scram.handle_client_final(body)
-            self.factory.registry.learn_client_key(self.database, self.user, self._scram.client_key)
-            self._scram = None
-            self.write(m.auth_sasl_final(final))
-            self._authenticated()
+            else:
+                error = item.error
+                if error.sqlstate == SQLSTATE.PROTOCOL_VIOLATION:
+                    self._violation(error)
+                self.send_error(error.to_message())
 
     def _admin_phase(self, data: bytes) -> None:
         """The admin console speaks the simple query protocol only. Extended-protocol
@@ -410,17 +304,34 @@ class ClientConnection(PeerProducer, Protocol):
                     )
                 )
 
-    def _auth_failed(self) -> None:
-        self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
-
-    def _authenticated(self) -> None:
-        if self.admin:
+    def _authenticated(self, login: LoggedIn) -> None:
+        """The client proved its password: open the admin console, or join the pool."""
+        self.user = login.params["user"]
+        self.database = login.params["database"]
+        self.wanted = wanted_from_startup(login.params)
+        registry = self.factory.registry
+        if login.admin:
+            self.admin = True
             self.phase = ADMIN
-            self.write(m.AUTH_OK + _ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
             self._admin_skip = False
+            self._framer = Framer(ALL_TYPES)
+            self.write(_ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
+            if login.rest:
+                self._admin_phase(login.rest)
             return
-        self.write(m.AUTH_OK)
-        self.pool = self.factory.registry.pool(self.database, self.user)
+        found = registry.user(self.database, self.user)
+        if found is None:
+            # RELOAD removed the user while it was logging in.
+            self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
+            return
+        if login.client_key is not None:
+            registry.learn_client_key(self.database, self.user, login.client_key)
+        self.pool_config, self.user_config = found
+        self.transaction_mode = self.user_config.pool_mode == "transaction"
+        if login.rest:
+            # A client that pipelines its first query behind the password: keep it.
+            self._held.append(login.rest)
+        self.pool = registry.pool(self.database, self.user)
         # A session-mode client holds a server from its login on, as before; in transaction
         # mode only a server can tell what it reports when the pool never had one, or this
         # client asks for a parameter value no server was seen to answer yet.

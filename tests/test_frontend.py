@@ -16,6 +16,7 @@ from pgdoorman.config import loads
 from pgdoorman.frontend import CLOSED, IDLE, LINKED, ClientFactory
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
 CONFIG = """
@@ -69,16 +70,20 @@ class LinkTestMixin:
         self.client = self.newClient()
 
     def newClient(self):
-        """A client that has just authenticated (the lease fires synchronously)."""
+        """A client that has just logged in with SCRAM (the lease fires synchronously);
+        C{login_output} holds what it was sent from AuthenticationOk on."""
         client = self.factory.buildProtocol(None)
         transport = StringTransport()
         client.makeConnection(transport)
-        client.user = client.database = "u"
-        client.database = "db"
-        client.pool_config, client.user_config = self.registry.user("db", "u")
-        client.transaction_mode = self.mode == "transaction"
-        client._authenticated()
-        self.login_output = _messages(transport.value())
+        scram = ScramClient("p")
+        client.dataReceived(m.startup_message({"user": "u", "database": "db"}))
+        transport.clear()
+        client.dataReceived(m.sasl_initial_response(SCRAM_MECHANISM, scram.client_first()))
+        [(kind, body)] = _messages(transport.value())
+        transport.clear()
+        client.dataReceived(m.sasl_response(scram.handle_server_first(m.parse_auth(body)[1])))
+        sasl_final, *self.login_output = _messages(transport.value())
+        self.assertEqual(m.parse_auth(sasl_final[1])[0], 12)
         transport.clear()
         return client
 

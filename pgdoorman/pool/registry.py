@@ -7,6 +7,10 @@ from twisted.application.service import Service
 from ..auth import client_scram_secret, server_credentials
 from ..loglevel import logger
 from ..prepared import PoolStatements
+from ..protocol.auth import md5_hash
+from ..protocol.constants import SQLSTATE
+from ..protocol.errors import PgError
+from ..session.client_login import ADMIN_DATABASES, Account
 from .pool import Pool, PoolClosed
 
 __all__ = ["PoolRegistry"]
@@ -34,6 +38,30 @@ class PoolRegistry(Service):
     def user(self, database: str, username: str):
         """C{(pool_config, user_config)} for a login, or C{None} if there is no such user."""
         return self.config.user(database, username)
+
+    def account(self, database: str, username: str) -> "Account | None":
+        """How a client logging in as C{username} to C{database} proves its password: the
+        admin console's md5 account, or the pool user's md5 hash or SCRAM secret; C{None}
+        for no such user (or one without a usable password).
+
+        @raise PgError: 3D000 for a database that is neither a pool nor the console.
+        """
+        general = self.config.general
+        if database in ADMIN_DATABASES:
+            if username != general.admin_username:
+                return None
+            return Account("md5", md5_hash(general.admin_username, general.admin_password), admin=True)
+        if database not in self.config.pools:
+            raise PgError(SQLSTATE.INVALID_CATALOG_NAME, f'database "{database}" does not exist')
+        found = self.user(database, username)
+        if found is None:
+            return None
+        kind = found[1].password_kind
+        if kind == "md5":
+            return Account("md5", found[1].password)
+        if kind in ("scram", "plain"):
+            return Account("scram", self.scram_secret(database, username))
+        return None
 
     def credentials(self, database: str, username: str):
         """The L{ServerCredentials} used to open servers for this pool user."""

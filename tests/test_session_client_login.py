@@ -1,0 +1,220 @@
+"""Unit tests for L{pgdoorman.session.client_login}: a client's login as one state machine,
+each client message fed whole, one byte at a time, and with trailing data."""
+
+import struct
+
+from twisted.trial.unittest import SynchronousTestCase
+
+from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.auth import (
+    SCRAM_MECHANISM,
+    ScramClient,
+    md5_hash,
+    md5_response,
+    parse_scram_verifier,
+    scram_verifier,
+)
+from pgdoorman.protocol.errors import PgError
+from pgdoorman.protocol.framing import ALL_TYPES, Framer
+from pgdoorman.session.client_login import (
+    MAX_AUTH_MESSAGE,
+    Account,
+    Cancel,
+    ClientLogin,
+    LoggedIn,
+    Refused,
+    Started,
+)
+
+SALT = b"salt"
+ACCOUNTS = {
+    ("db", "md5user"): Account("md5", md5_hash("md5user", "secret")),
+    ("db", "scramuser"): Account("scram", parse_scram_verifier(scram_verifier("secret"))),
+    ("pgdoorman", "admin"): Account("md5", md5_hash("admin", "adm"), admin=True),
+}
+QUERY = m.query("select 1")
+
+
+def accounts(database, user):
+    """The test directory: three accounts, database C{nodb} does not exist."""
+    if database == "nodb":
+        raise PgError("3D000", f'database "{database}" does not exist')
+    return ACCOUNTS.get((database, user))
+
+
+def _split(data: bytes, how: str) -> list:
+    if how == "whole":
+        return [data]
+    return [data[i : i + 1] for i in range(len(data))]
+
+
+def _messages(items: list) -> list:
+    data = b"".join(i for i in items if type(i) is bytes)
+    return [(chr(t), b) for t, b, _ in Framer(ALL_TYPES).feed(data)]
+
+
+class Conversation:
+    """Drive a L{ClientLogin}, feeding each client message whole or byte by byte."""
+
+    def __init__(self, how: str) -> None:
+        self.login = ClientLogin(accounts, salt=lambda: SALT)
+        self.how = how
+
+    def send(self, data: bytes) -> list:
+        """Feed C{data}; return the items produced."""
+        out = []
+        for chunk in _split(data, self.how):
+            out += self.login.receive(chunk)
+        return out
+
+
+class LoginTests(SynchronousTestCase):
+    """Successful logins, each way of feeding."""
+
+    def each(self, test):
+        """Run C{test(conversation)} whole and byte by byte."""
+        for how in ("whole", "bytes"):
+            test(Conversation(how))
+
+    def test_md5(self):
+        """MD5: the challenge carries the salt; the right response gives AuthenticationOk,
+        then L{LoggedIn} with what the client pipelined behind its password."""
+
+        def test(c):
+            out = c.send(m.startup_message({"user": "md5user", "database": "db", "application_name": "x"}))
+            self.assertEqual(out[0], Started({"user": "md5user", "database": "db", "application_name": "x"}))
+            self.assertEqual(out[1:], [m.auth_md5(SALT)])
+            out = c.send(m.password_message(md5_response(md5_hash("md5user", "secret"), SALT)) + QUERY)
+            if c.how == "bytes":
+                # Fed a byte at a time, the query arrives after the login, one byte each.
+                self.assertEqual(out[:2], [m.AUTH_OK, LoggedIn(out[1].params, False, None, b"")])
+                self.assertEqual(c.send(b"more"), [])
+            else:
+                self.assertEqual(out, [m.AUTH_OK, LoggedIn(out[1].params, False, None, QUERY)])
+
+        self.each(test)
+
+    def test_scram(self):
+        """SCRAM-SHA-256: the exchange ends with the server's signature, AuthenticationOk,
+        and the ClientKey the proof revealed."""
+
+        def test(c):
+            client = ScramClient("secret")
+            out = c.send(m.startup_message({"user": "scramuser", "database": "db"}))
+            self.assertEqual(out[1:], [m.auth_sasl([SCRAM_MECHANISM])])
+            [(kind, body)] = _messages(c.send(m.sasl_initial_response(SCRAM_MECHANISM, client.client_first())))
+            self.assertEqual((kind, m.parse_auth(body)[0]), ("R", 11))
+            out = c.send(m.sasl_response(client.handle_server_first(m.parse_auth(body)[1])))
+            final, ok = _messages(out)
+            client.handle_server_final(m.parse_auth(final[1])[1])
+            self.assertEqual(ok, ("R", m.AUTH_OK[5:]))
+            done = out[-1]
+            self.assertIsInstance(done, LoggedIn)
+            self.assertEqual(len(done.client_key), 32)
+            self.assertNotIn(repr(done.client_key), repr(done))
+
+        self.each(test)
+
+    def test_admin(self):
+        """The admin console's account logs in as admin."""
+        c = Conversation("whole")
+        c.send(m.startup_message({"user": "admin", "database": "pgdoorman"}))
+        out = c.send(m.password_message(md5_response(md5_hash("admin", "adm"), SALT)))
+        self.assertTrue(out[-1].admin)
+
+    def test_encryption_refused(self):
+        """SSLRequest and GSSENCRequest are answered N; the login goes on in plain text."""
+
+        def test(c):
+            self.assertEqual(c.send(m.ssl_request()), [b"N"])
+            self.assertEqual(c.send(struct.pack("!ii", 8, 80877104)), [b"N"])
+            out = c.send(m.startup_message({"user": "md5user", "database": "db"}))
+            self.assertEqual(out[1:], [m.auth_md5(SALT)])
+
+        self.each(test)
+
+    def test_cancel(self):
+        """A CancelRequest ends the login with the key to cancel."""
+
+        def test(c):
+            self.assertEqual(c.send(m.cancel_request(7, 99)), [Cancel(7, 99)])
+
+        self.each(test)
+
+    def test_newer_protocol(self):
+        """A client asking for protocol 3.2 is told 3.0, with its unknown _pq_ options."""
+        c = Conversation("whole")
+        body = b"user\x00md5user\x00database\x00db\x00_pq_.x\x001\x00\x00"
+        out = c.send(struct.pack("!ii", len(body) + 8, (3 << 16) | 2) + body)
+        self.assertEqual(out[1], m.negotiate_protocol_version(0, ["_pq_.x"]))
+
+    def test_startup_with_trailing_password(self):
+        """A SASL initial response pipelined behind the StartupMessage (the protocol allows
+        it, since it needs nothing from the server) is read on: both answers come back."""
+        client = ScramClient("secret")
+        c = Conversation("whole")
+        out = c.send(
+            m.startup_message({"user": "scramuser", "database": "db"})
+            + m.sasl_initial_response(SCRAM_MECHANISM, client.client_first())
+        )
+        self.assertEqual([k for k, _ in _messages(out)], ["R", "R"])
+
+
+class RefusalTests(SynchronousTestCase):
+    """Every refusal is one L{Refused} with PostgreSQL's SQLSTATE, then nothing more."""
+
+    def refused(self, *messages: bytes, how: str = "whole") -> PgError:
+        """Feed C{messages}; return the error of the L{Refused} they end with."""
+        c = Conversation(how)
+        out = []
+        for message in messages:
+            out += c.send(message)
+        self.assertIsInstance(out[-1], Refused, out)
+        self.assertEqual(c.send(QUERY), [])
+        return out[-1].error
+
+    def test_wrong_password(self):
+        """A wrong MD5 response is 28P01, as PostgreSQL says it."""
+        for how in ("whole", "bytes"):
+            error = self.refused(
+                m.startup_message({"user": "md5user", "database": "db"}),
+                m.password_message(md5_response(md5_hash("md5user", "wrong"), SALT)),
+                how=how,
+            )
+            self.assertEqual((error.sqlstate, error.message), ("28P01", 'password authentication failed for user "md5user"'))
+
+    def test_unknown_user(self):
+        """No such user: 28P01 at once, like a wrong password (no user enumeration)."""
+        error = self.refused(m.startup_message({"user": "nobody", "database": "db"}))
+        self.assertEqual(error.sqlstate, "28P01")
+
+    def test_unknown_database(self):
+        """No such database: the directory's 3D000."""
+        error = self.refused(m.startup_message({"user": "md5user", "database": "nodb"}))
+        self.assertEqual(error.sqlstate, "3D000")
+
+    def test_data_after_ssl_request(self):
+        """Bytes pipelined behind an SSLRequest are refused (a MITM could inject them)."""
+        error = self.refused(m.ssl_request() + m.startup_message({"user": "md5user", "database": "db"}))
+        self.assertEqual(error.sqlstate, "08P01")
+
+    def test_not_a_password(self):
+        """A query instead of the password response is a protocol violation."""
+        error = self.refused(m.startup_message({"user": "md5user", "database": "db"}), QUERY)
+        self.assertEqual((error.sqlstate, error.message), ("08P01", "expected password response, got message type 'Q'"))
+
+    def test_auth_message_limit(self):
+        """An authentication message above PostgreSQL's 65 535 bytes is refused from its
+        header alone: nothing of it is buffered."""
+        login = ClientLogin(accounts, salt=lambda: SALT)
+        login.receive(m.startup_message({"user": "md5user", "database": "db"}))
+        self.assertEqual(login.receive(b"p" + struct.pack("!i", MAX_AUTH_MESSAGE + 4) + b"x" * 100), [])
+        login = ClientLogin(accounts, salt=lambda: SALT)
+        login.receive(m.startup_message({"user": "md5user", "database": "db"}))
+        [refused] = login.receive(b"p" + struct.pack("!i", MAX_AUTH_MESSAGE + 5))
+        self.assertEqual(refused.error.sqlstate, "08P01")
+
+    def test_bad_startup_length(self):
+        """A startup packet longer than 10 000 bytes is refused from its length."""
+        error = self.refused(struct.pack("!ii", 10_001, 3 << 16))
+        self.assertEqual(error.sqlstate, "08P01")
