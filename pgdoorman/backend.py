@@ -21,15 +21,7 @@ from .fastwrite import eager_writer
 from .loglevel import logger
 from .prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
 from .protocol import messages as m
-from .protocol.auth import (
-    SCRAM_MECHANISM,
-    ScramClient,
-    md5_hash,
-    md5_response,
-)
 from .protocol.constants import (
-    AUTHENTICATION,
-    BACKEND_KEY_DATA,
     CLOSE_COMPLETE,
     COMMAND_COMPLETE,
     COPY_IN_RESPONSE,
@@ -39,9 +31,10 @@ from .protocol.constants import (
     READY_FOR_QUERY,
     SQLSTATE,
 )
-from .protocol.errors import AuthenticationFailed, PgError
+from .protocol.errors import PgError
 from .protocol.framing import ALL_TYPES, Framer
 from .session.parameters import TRACKED, sync_plan
+from .session.server_login import ServerLogin
 from .sockopts import apply_socket_options
 
 __all__ = [
@@ -112,8 +105,6 @@ class ServerConnection(PeerProducer, Protocol):
 
     def __init__(self, *, credentials: ServerCredentials, startup: dict, clock, socket_options=None) -> None:
         self.id = next(self._ids)
-        self.credentials = credentials
-        self.startup = startup
         self.clock = clock
         self.ready: Deferred = Deferred(canceller=self._cancel_login)
         self.pool_state = None
@@ -146,7 +137,7 @@ class ServerConnection(PeerProducer, Protocol):
         self.created_at = clock.seconds()
         self.last_used = self.created_at
         self._framer = Framer(ALL_TYPES)
-        self._scram: "ScramClient | None" = None
+        self._login = ServerLogin(credentials, startup)
         self._logged_in = False
         self._internal: "Deferred | None" = None
         self._internal_error: "PgError | None" = None
@@ -163,7 +154,7 @@ class ServerConnection(PeerProducer, Protocol):
             apply_socket_options(self.transport, self.socket_options)
         self.write = eager_writer(self.transport)
         self.transport.registerProducer(self, True)
-        self.write(m.startup_message(self.startup))
+        self.write(self._login.start())
 
     def dataReceived(self, data: bytes) -> None:
         """Forward to the linked client, or run the login and internal-query conversations."""
@@ -426,11 +417,11 @@ class ServerConnection(PeerProducer, Protocol):
     # -- login and pooler-originated queries
 
     def _unlinked(self, data: bytes) -> None:
+        if not self._logged_in:
+            self._login_data(data)
+            return
         for mtype, body, _ in self._framer.feed(data):
-            if not self._logged_in:
-                self._login_message(mtype, body)
-            else:
-                self._idle_message(mtype, body)
+            self._idle_message(mtype, body)
             if self._closing:
                 return
 
@@ -457,65 +448,25 @@ class ServerConnection(PeerProducer, Protocol):
         elif mtype == PARAMETER_STATUS:
             self._parameter(body)
 
-    def _login_message(self, mtype: int, body: bytes) -> None:
+    def _login_data(self, data: bytes) -> None:
         try:
-            if mtype == AUTHENTICATION:
-                self._authenticate(*m.parse_auth(body))
-            elif mtype == PARAMETER_STATUS:
-                self._parameter(body)
-            elif mtype == BACKEND_KEY_DATA:
-                self.backend_pid, self.backend_key = m.parse_backend_key_data(body)
-            elif mtype == ERROR_RESPONSE:
-                self._fail(PgError.from_fields(m.parse_error_fields(body)))
-            elif mtype == READY_FOR_QUERY:
-                self._logged_in = True
-                self.tx_status = body
-                self.at_ready = True
-                self.ready.callback(self)
-        except AuthenticationFailed as e:
-            self._fail(PgError(SQLSTATE.INVALID_PASSWORD, f"server login failed: {e}"))
-
-    def _authenticate(self, code: int, payload: bytes) -> None:
-        creds = self.credentials
-        if code == 0:
+            send, rest = self._login.receive(data)
+        except PgError as e:
+            self._fail(e)
             return
-        if code == 3:
-            if creds.password is None:
-                raise AuthenticationFailed(
-                    "PostgreSQL asks for a cleartext password; configure server_password"
-                )
-            self.write(m.password_message(creds.password.encode("utf-8")))
-        elif code == 5:
-            stored = creds.md5
-            if creds.password is not None:
-                stored = md5_hash(creds.user, creds.password)
-            if stored is None:
-                raise AuthenticationFailed(
-                    "PostgreSQL asks for md5 but the configured secret is a SCRAM verifier"
-                )
-            self.write(m.password_message(md5_response(stored, payload)))
-        elif code == 10:
-            mechanisms = payload.split(b"\x00")
-            if SCRAM_MECHANISM.encode() not in mechanisms:
-                raise AuthenticationFailed("PostgreSQL offers no SASL mechanism the pooler supports")
-            if creds.password is not None:
-                self._scram = ScramClient(creds.password)
-            elif creds.scram is not None and creds.client_key is not None:
-                self._scram = ScramClient(client_key=creds.client_key, server_key=creds.scram.server_key)
-            elif creds.scram is not None:
-                raise AuthenticationFailed("SCRAM passthrough needs a client to log in with SCRAM first")
-            else:
-                raise AuthenticationFailed(
-                    "PostgreSQL asks for scram-sha-256 but the configured secret is an md5 hash"
-                )
-            self.write(m.sasl_initial_response(SCRAM_MECHANISM, self._scram.client_first()))
-        elif code == 11 and self._scram is not None:
-            self.write(m.sasl_response(self._scram.handle_server_first(payload)))
-        elif code == 12 and self._scram is not None:
-            self._scram.handle_server_final(payload)
-            self._scram = None
-        else:
-            raise AuthenticationFailed(f"unsupported authentication request {code}")
+        if send:
+            self.write(send)
+        if rest is None:
+            return
+        login, self._login = self._login, None
+        self.params = login.params
+        self.backend_pid, self.backend_key = login.backend_pid, login.backend_key
+        self.tx_status = login.tx_status
+        self._logged_in = True
+        self.at_ready = True
+        self.ready.callback(self)
+        if rest:
+            self._unlinked(rest)
 
     def _fail(self, error: PgError) -> None:
         self.usable = False

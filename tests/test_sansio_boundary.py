@@ -66,7 +66,9 @@ class SansIOBoundaryTests(SynchronousTestCase):
             "pgdoorman.protocol.messages",
             "pgdoorman.config.schema",
             "pgdoorman.config.loader",
+            "pgdoorman.session.client_login",
             "pgdoorman.session.parameters",
+            "pgdoorman.session.server_login",
             "pgdoorman.session.state",
         ):
             self.assertIn(expected, names)
