@@ -10,6 +10,8 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from pgdoorman.pool.pool import Pool, PoolClosed, PoolTimeout
 
+from .pooltest import lease
+
 
 class FakeServer:
     """
@@ -113,7 +115,7 @@ class PoolTestMixin:
 
     def lease_server(self) -> FakeServer:
         """Lease a server, connecting a new one if the pool has none idle."""
-        d = self.pool.lease()
+        d = lease(self.pool)
         if not d.called:
             self.connector.succeed()
         return self.successResultOf(d)
@@ -151,7 +153,7 @@ class LeaseTests(PoolTestMixin, SynchronousTestCase):
         connected; the server is then active and knows how to report its loss.
         """
         pool = self.make_pool()
-        d = pool.lease()
+        d = lease(pool)
         self.assertNoResult(d)
         self.assertEqual(self.connector.calls, 1)
         self.assertEqual(pool.connecting, 1)
@@ -181,13 +183,13 @@ class LeaseTests(PoolTestMixin, SynchronousTestCase):
         pool = self.make_pool()
         server = self.lease_server()
         pool.release(server)
-        self.assertIs(self.successResultOf(pool.lease()), server)
+        self.assertIs(self.successResultOf(lease(pool)), server)
         self.assertEqual(len(pool.waiters), 0)
 
     def test_sizeCap(self) -> None:
         """With size 2, five leases start exactly two connects; C{total} counts them."""
         pool = self.make_pool(size=2)
-        ds = [pool.lease() for _ in range(5)]
+        ds = [lease(pool) for _ in range(5)]
         self.assertEqual(self.connector.calls, 2)
         self.assertEqual(pool.connecting, 2)
         self.assertEqual(pool.total, 2)
@@ -201,7 +203,7 @@ class LeaseTests(PoolTestMixin, SynchronousTestCase):
         across several releases, and no more connects are started.
         """
         pool = self.make_pool(size=2)
-        ds = [pool.lease() for _ in range(5)]
+        ds = [lease(pool) for _ in range(5)]
         a = self.connector.succeed()
         b = self.connector.succeed()
         self.assertIs(self.successResultOf(ds[0]), a)
@@ -228,7 +230,7 @@ class LeaseTests(PoolTestMixin, SynchronousTestCase):
         for server in servers:
             pool.release(server)
         self.assertIs(pool.try_lease(), servers[2])
-        self.assertIs(self.successResultOf(pool.lease()), servers[1])
+        self.assertIs(self.successResultOf(lease(pool)), servers[1])
         self.assertIs(pool.try_lease(), servers[0])
 
     def test_roundRobin(self) -> None:
@@ -238,7 +240,7 @@ class LeaseTests(PoolTestMixin, SynchronousTestCase):
         for server in servers:
             pool.release(server)
         self.assertIs(pool.try_lease(), servers[0])
-        self.assertIs(self.successResultOf(pool.lease()), servers[1])
+        self.assertIs(self.successResultOf(lease(pool)), servers[1])
         self.assertIs(pool.try_lease(), servers[2])
 
 
@@ -249,7 +251,7 @@ class WaitTests(PoolTestMixin, SynchronousTestCase):
         """A waiter fails with L{PoolTimeout} once query_wait_timeout passes and leaves the queue."""
         pool = self.make_pool(size=1, query_wait_timeout=5)
         server = self.lease_server()
-        d = pool.lease()
+        d = lease(pool)
         self.clock.advance(4.9)
         self.assertNoResult(d)
         self.clock.advance(0.2)
@@ -262,9 +264,9 @@ class WaitTests(PoolTestMixin, SynchronousTestCase):
         """Each waiter's clock starts when it asks, not when the first one did."""
         pool = self.make_pool(size=1, query_wait_timeout=5)
         self.lease_server()
-        first = pool.lease()
+        first = lease(pool)
         self.clock.advance(3)
-        second = pool.lease()
+        second = lease(pool)
         self.clock.advance(2)
         self.failureResultOf(first, PoolTimeout)
         self.assertNoResult(second)
@@ -275,7 +277,7 @@ class WaitTests(PoolTestMixin, SynchronousTestCase):
     def test_servedBeforeTimeout(self) -> None:
         """A waiter served in time keeps its server and leaves no timer behind."""
         pool = self.make_pool(size=1, query_wait_timeout=5)
-        d = pool.lease()
+        d = lease(pool)
         self.clock.advance(4)
         server = self.connector.succeed()
         self.assertEqual(self.clock.getDelayedCalls(), [])
@@ -286,7 +288,7 @@ class WaitTests(PoolTestMixin, SynchronousTestCase):
         """With query_wait_timeout 0 a waiter never times out and no timer is set."""
         pool = self.make_pool(size=1, query_wait_timeout=0)
         server = self.lease_server()
-        d = pool.lease()
+        d = lease(pool)
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(10**9)
         self.assertNoResult(d)
@@ -300,8 +302,8 @@ class WaitTests(PoolTestMixin, SynchronousTestCase):
         """
         pool = self.make_pool(size=1, query_wait_timeout=5)
         server = self.lease_server()
-        cancelled = pool.lease()
-        later = pool.lease()
+        cancelled = lease(pool)
+        later = lease(pool)
         cancelled.cancel()
         self.failureResultOf(cancelled, CancelledError)
         self.assertEqual(list(pool.waiters), [later])
@@ -314,7 +316,7 @@ class WaitTests(PoolTestMixin, SynchronousTestCase):
     def test_cancelWhileConnecting(self) -> None:
         """A server that finishes connecting after its waiter gave up goes idle."""
         pool = self.make_pool(size=1)
-        d = pool.lease()
+        d = lease(pool)
         d.cancel()
         self.failureResultOf(d, CancelledError)
         server = self.connector.succeed()
@@ -331,7 +333,7 @@ class ConnectFailureTests(PoolTestMixin, SynchronousTestCase):
         another connect for the clients still waiting.
         """
         pool = self.make_pool(size=1, query_wait_timeout=5)
-        ds = [pool.lease() for _ in range(3)]
+        ds = [lease(pool) for _ in range(3)]
         self.assertEqual(self.connector.calls, 1)
         self.connector.fail(ValueError("connection refused"))
         failure = self.failureResultOf(ds[0], ValueError)
@@ -347,7 +349,7 @@ class ConnectFailureTests(PoolTestMixin, SynchronousTestCase):
     def test_noWaiters(self) -> None:
         """A connect that fails after its waiter left fails nobody and is not retried."""
         pool = self.make_pool(size=1)
-        d = pool.lease()
+        d = lease(pool)
         d.cancel()
         self.failureResultOf(d, CancelledError)
         self.connector.fail(ValueError("nope"))
@@ -366,9 +368,9 @@ class ConnectFailureTests(PoolTestMixin, SynchronousTestCase):
             return d
 
         pool.connector = connector
-        first = pool.lease()
+        first = lease(pool)
         self.failureResultOf(first, ValueError)
-        second = pool.lease()
+        second = lease(pool)
         self.failureResultOf(second, ValueError)
         self.assertEqual(len(calls), 2)
         self.assertEqual((pool.total, len(pool.waiters)), (0, 0))
@@ -384,7 +386,7 @@ class ReleaseTests(PoolTestMixin, SynchronousTestCase):
         """
         pool = self.make_pool(size=1)
         server = self.lease_server()
-        d = pool.lease()
+        d = lease(pool)
         server.dirty = True
         pool.release(server)
         self.assertEqual(pool.used, {server})
@@ -415,7 +417,7 @@ class ReleaseTests(PoolTestMixin, SynchronousTestCase):
         """A failed cleanup discards the server and opens another for the waiting client."""
         pool = self.make_pool(size=1)
         server = self.lease_server()
-        d = pool.lease()
+        d = lease(pool)
         server.dirty = True
         pool.release(server)
         server.cleanups[0].errback(ValueError("ROLLBACK failed"))
@@ -465,7 +467,7 @@ class ReleaseTests(PoolTestMixin, SynchronousTestCase):
         """An unusable server is discarded on release, and replaced if a client waits."""
         pool = self.make_pool(size=1)
         server = self.lease_server()
-        d = pool.lease()
+        d = lease(pool)
         server.usable = False
         pool.release(server)
         self.assertEqual(server.closes, 1)
@@ -518,7 +520,7 @@ class CloseTests(PoolTestMixin, SynchronousTestCase):
         """Waiting clients fail with L{PoolClosed} and no timer is left running."""
         pool = self.make_pool(size=1, query_wait_timeout=5)
         self.lease_server()
-        ds = [pool.lease() for _ in range(2)]
+        ds = [lease(pool) for _ in range(2)]
         pool.close()
         for d in ds:
             self.failureResultOf(d, PoolClosed)
@@ -530,7 +532,7 @@ class CloseTests(PoolTestMixin, SynchronousTestCase):
         pool = self.make_pool()
         pool.release(self.lease_server())
         pool.close()
-        self.failureResultOf(pool.lease(), PoolClosed)
+        self.failureResultOf(lease(pool), PoolClosed)
         self.assertIsNone(pool.try_lease())
         self.assertEqual(self.connector.calls, 1)
 
@@ -574,8 +576,8 @@ class CloseTests(PoolTestMixin, SynchronousTestCase):
         collection, and a failing connect after close hurts nobody.
         """
         pool = self.make_pool(size=2)
-        d1 = pool.lease()
-        d2 = pool.lease()
+        d1 = lease(pool)
+        d2 = lease(pool)
         pool.close()
         self.failureResultOf(d1, PoolClosed)
         self.failureResultOf(d2, PoolClosed)
@@ -608,8 +610,8 @@ class RandomOperationsTests(PoolTestMixin, SynchronousTestCase):
             held.add(server)
             return server
 
-        def lease() -> None:
-            d = pool.lease()
+        def lease_one() -> None:
+            d = lease(pool)
             d.addCallback(leased)
             d.addErrback(outcomes.append)
             if not d.called:
@@ -671,7 +673,7 @@ class RandomOperationsTests(PoolTestMixin, SynchronousTestCase):
                 pool.close()
 
         operations = [
-            (lease, 6),
+            (lease_one, 6),
             (try_lease, 2),
             (release, 5),
             (discard_held, 1),
@@ -793,7 +795,7 @@ class UpkeepTests(PoolTestMixin, SynchronousTestCase):
         (server,) = self.idle_servers(1)
         self.clock.advance(61)
         self.assertIsNone(pool.try_lease())
-        d = pool.lease()
+        d = lease(pool)
         self.assertNoResult(d)
         self.assertEqual(len(server.probes), 1)
         self.assertEqual(self.connector.calls, 1, "no extra connect while probing")
@@ -805,7 +807,7 @@ class UpkeepTests(PoolTestMixin, SynchronousTestCase):
         pool = self.make_pool(size=1, check_timeout=60)
         (server,) = self.idle_servers(1)
         self.clock.advance(61)
-        d = pool.lease()
+        d = lease(pool)
         server.probes[0].errback(ConnectionError("gone"))
         self.assertEqual(server.pool_state, "closed")
         replacement = self.connector.succeed()

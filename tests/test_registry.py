@@ -10,6 +10,8 @@ from pgdoorman.pool.pool import Pool, PoolClosed
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol.auth import ScramSecret, parse_scram_verifier, scram_verifier
 
+from .pooltest import lease
+
 MD5 = "md5" + "0123456789abcdef" * 2
 SCRAM = (
     "SCRAM-SHA-256$4096:cGdkb29ybWFuLWV4bXBs$CBHx6ThfExiIqL6wQASPtiKUBwmkRueg1ZmypnHZB3s="
@@ -124,7 +126,7 @@ class PoolTests(RegistryTestMixin, SynchronousTestCase):
         """
         registry = self.make_registry()
         pool = registry.pool("db", "mapped")
-        d = pool.lease()
+        d = lease(pool)
         self.assertEqual(len(self.connects), 1)
         pool_config, user_config, credentials, _ = self.connects[0]
         self.assertIs(pool_config, self.config.pools["db"])
@@ -137,8 +139,8 @@ class PoolTests(RegistryTestMixin, SynchronousTestCase):
         """Stopping the registry closes every pool: their waiters fail with L{PoolClosed}."""
         registry = self.make_registry()
         registry.startService()
-        d1 = registry.pool("db", "md5user").lease()
-        d2 = registry.pool("other", "md5user").lease()
+        d1 = lease(registry.pool("db", "md5user"))
+        d2 = lease(registry.pool("other", "md5user"))
         registry.stopService()
         self.failureResultOf(d1, PoolClosed)
         self.failureResultOf(d2, PoolClosed)
@@ -189,7 +191,7 @@ class LearnClientKeyTests(RegistryTestMixin, SynchronousTestCase):
         pool = registry.pool("db", "scramuser")
         registry.learn_client_key("db", "scramuser", self.KEY)
         self.assertEqual(registry.credentials("db", "scramuser").client_key, self.KEY)
-        pool.lease()
+        lease(pool)
         self.assertEqual(self.connects[0][2].client_key, self.KEY)
 
     def test_others(self) -> None:

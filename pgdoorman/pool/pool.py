@@ -9,7 +9,7 @@ import random
 from collections import deque
 from typing import Callable, Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from ..loglevel import logger
@@ -171,21 +171,6 @@ class Pool:
             server.checkouts += 1
             return server
         return None
-
-    def lease(self) -> Deferred:
-        """Return a cancellable C{Deferred} that fires with a server, FIFO among waiters.
-
-        It fails with L{PoolTimeout} after C{query_wait_timeout}, or with the connection
-        error if opening a server for this waiter failed.
-        """
-        if self.closed:
-            return _fail(PoolClosed("pool is shut down"))
-        server = self.try_lease()
-        if server is not None:
-            return succeed(server)
-        d = _DeferredWaiter(self)
-        self.wait(d)
-        return d
 
     def wait(self, waiter) -> None:
         """Queue C{waiter} (an L{IWaiter}) for the next free server, FIFO.
@@ -428,28 +413,3 @@ class Pool:
                 self._stop_expiry()
             waiter.refused(failure.value)
         self._grow()
-
-
-def _fail(exc: Exception) -> Deferred:
-    d: Deferred = Deferred()
-    d.errback(exc)
-    return d
-
-
-class _DeferredWaiter(Deferred):
-    """The waiter behind L{Pool.lease}: a Deferred that cancels by leaving the queue."""
-
-    __slots__ = ("deadline", "since")
-
-    def __init__(self, pool: Pool) -> None:
-        super().__init__(lambda d: pool.cancel_wait(d))
-        self.deadline = None
-        self.since = 0.0
-
-    def granted(self, server) -> None:
-        """Fire with the server."""
-        self.callback(server)
-
-    def refused(self, reason: Exception) -> None:
-        """Fail with the reason."""
-        self.errback(reason)
