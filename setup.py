@@ -28,7 +28,7 @@ setup(
         "tomli",
         "prometheus_client",
     ],
-    entry_points={"console_scripts": ["pgdoorman = pgdoorman.cli:main"]},
+    entry_points={"console_scripts": ["pgdoorman = pgdoorman.app.cli:main"]},
     classifiers=[
         "Framework :: Twisted",
         "Programming Language :: Python :: 3",

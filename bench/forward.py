@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pgdoorman.fastwrite import eager_writer  # noqa: E402
-from pgdoorman.reactor import install  # noqa: E402
+from pgdoorman.net.fastwrite import eager_writer  # noqa: E402
+from pgdoorman.net.reactor import install  # noqa: E402
 
 
 def main() -> None:

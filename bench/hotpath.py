@@ -21,10 +21,10 @@ from twisted.internet.defer import succeed
 from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
-from pgdoorman.auth import ServerCredentials
-from pgdoorman.backend import ServerConnection
+from pgdoorman.auth.credentials import ServerCredentials
 from pgdoorman.config import loads
-from pgdoorman.frontend import IDLE, ClientFactory
+from pgdoorman.net.backend import ServerConnection
+from pgdoorman.net.frontend import IDLE, ClientFactory
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
 from pgdoorman.session.client_login import LoggedIn

@@ -1,7 +1,7 @@
 """Trial support for tests that need a real PostgreSQL server.
 
 End-to-end tests must run, so a missing PostgreSQL installation is a test error
-carrying the install hint from L{pgdoorman.cluster.ClusterError}, never a skip.
+carrying the install hint from L{pgdoorman.testing.cluster.ClusterError}, never a skip.
 """
 
 import asyncio
@@ -18,7 +18,7 @@ import time
 from twisted.python import log
 
 import pgdoorman
-from pgdoorman.cluster import PostgresCluster, free_port
+from pgdoorman.testing.cluster import PostgresCluster, free_port
 
 __all__ = ["ClusterMixin", "PgdoormanProcess"]
 

@@ -158,7 +158,7 @@ class CheckConfigTests(TestCase):
 
     def test_twistd_logs_what_is_not_acted_on_at_start(self):
         """A running pgdoorman logs the tls_mode warning and each key it does not act on."""
-        from pgdoorman.cluster import free_port
+        from pgdoorman.testing.cluster import free_port
 
         text = GOOD.replace("port = 6432\n", f'port = {free_port()}\ntls_mode = "allow"\nworker_threads = 8\n')
         path = self.write(text)

@@ -1,4 +1,4 @@
-"""Tests for L{pgdoorman.cluster}: a real throwaway PostgreSQL cluster."""
+"""Tests for L{pgdoorman.testing.cluster}: a real throwaway PostgreSQL cluster."""
 
 import hashlib
 import os
@@ -10,7 +10,7 @@ import time
 
 from twisted.trial import unittest
 
-from pgdoorman.cluster import (
+from pgdoorman.testing.cluster import (
     ClusterError,
     PostgresCluster,
     find_bindir,

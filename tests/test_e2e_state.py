@@ -5,11 +5,11 @@ import psycopg
 from twisted.internet import defer, reactor, threads
 from twisted.trial.unittest import TestCase
 
-from pgdoorman.cluster import free_port
+from pgdoorman.app.service import make_service
 from pgdoorman.config import loads
-from pgdoorman.prepared import ClientStatements
-from pgdoorman.service import make_service
+from pgdoorman.session.prepared import ClientStatements
 from pgdoorman.session.state import ClientState
+from pgdoorman.testing.cluster import free_port
 
 from .pgtest import ClusterMixin, pool_config
 

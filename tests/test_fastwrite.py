@@ -1,4 +1,4 @@
-"""Tests for L{pgdoorman.fastwrite}: the eager write and every fallback to C{transport.write}."""
+"""Tests for L{pgdoorman.net.fastwrite}: the eager write and every fallback to C{transport.write}."""
 
 import errno
 import socket
@@ -6,7 +6,7 @@ import socket
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.fastwrite import eager_writer
+from pgdoorman.net.fastwrite import eager_writer
 
 
 class FakeSocket:

@@ -1,5 +1,5 @@
-"""Unit tests for the client/server linking in L{pgdoorman.frontend} and
-L{pgdoorman.backend}, in memory: real pool and protocols, StringTransports, a Clock."""
+"""Unit tests for the client/server linking in L{pgdoorman.net.frontend} and
+L{pgdoorman.net.backend}, in memory: real pool and protocols, StringTransports, a Clock."""
 
 import re
 
@@ -10,10 +10,10 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.auth import ServerCredentials
-from pgdoorman.backend import ServerConnection
+from pgdoorman.auth.credentials import ServerCredentials
 from pgdoorman.config import loads
-from pgdoorman.frontend import CLOSED, IDLE, LINKED, ClientFactory
+from pgdoorman.net.backend import ServerConnection
+from pgdoorman.net.frontend import CLOSED, IDLE, LINKED, ClientFactory
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient

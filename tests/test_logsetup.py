@@ -1,5 +1,5 @@
 # -*- test-case-name: tests.test_logsetup -*-
-"""Tests for L{pgdoorman.logsetup}."""
+"""Tests for L{pgdoorman.app.logsetup}."""
 
 import io
 import json
@@ -9,7 +9,7 @@ from twisted.logger import ILogObserver, Logger, LogLevel, eventsFromJSONLogFile
 from twisted.scripts.twistd import ServerOptions
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman import logsetup
+from pgdoorman.app import logsetup
 
 
 def log_two_events(observer: ILogObserver) -> None:
@@ -69,11 +69,11 @@ class JSONTests(SynchronousTestCase):
 
     def test_twistdLogger(self) -> None:
         """
-        C{twistd --logger=pgdoorman.logsetup.json} resolves to L{logsetup.json},
+        C{twistd --logger=pgdoorman.app.logsetup.json} resolves to L{logsetup.json},
         which twistd calls without arguments to get an L{ILogObserver}.
         """
         options = ServerOptions()
-        options.parseOptions(["--logger=pgdoorman.logsetup.json"])
+        options.parseOptions(["--logger=pgdoorman.app.logsetup.json"])
         self.assertIs(options["logger"], logsetup.json)
         self.patch(sys, "stdout", io.StringIO())
         self.assertTrue(ILogObserver.providedBy(options["logger"]()))

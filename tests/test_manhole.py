@@ -1,6 +1,6 @@
 # -*- test-case-name: tests.test_manhole -*-
 """
-Tests for L{pgdoorman.manhole}.
+Tests for L{pgdoorman.app.manhole}.
 
 The session tests run a real SSH server on loopback and drive it with conch's
 SSH client: key or password login, a pty and shell, a Python expression typed
@@ -27,8 +27,8 @@ from twisted.internet.protocol import ClientFactory
 from twisted.logger import capturedLogs, formatEvent
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
+from pgdoorman.app.manhole import _AuthorizedKeysFile, make_manhole_service
 from pgdoorman.config import ManholeConfig
-from pgdoorman.manhole import _AuthorizedKeysFile, make_manhole_service
 
 #: How long a step of a session test may take before it fails.
 STEP_TIMEOUT = 15
@@ -295,9 +295,9 @@ class ManholeSessionTests(TestCase):
     async def test_liveRegistry(self) -> None:
         """In a service tree built by make_service, the manhole's namespace holds the live
         pool registry: a pool created after start is visible from the shell."""
-        from pgdoorman.cluster import free_port
+        from pgdoorman.app.service import make_service
         from pgdoorman.config import loads
-        from pgdoorman.service import make_service
+        from pgdoorman.testing.cluster import free_port
 
         port = free_port()
         config = loads(

@@ -1,8 +1,10 @@
-"""Unit tests for L{pgdoorman.prepared}: the caches, the interner and the client's view."""
+"""Unit tests for L{pgdoorman.session.prepared}: the caches, the interner and the client's view."""
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.prepared import (
+from pgdoorman.protocol import messages as m
+from pgdoorman.protocol.errors import PgError
+from pgdoorman.session.prepared import (
     BIND,
     CLOSE,
     DESCRIBE,
@@ -12,8 +14,6 @@ from pgdoorman.prepared import (
     PoolStatements,
     interner,
 )
-from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.errors import PgError
 
 
 class InternerTests(SynchronousTestCase):

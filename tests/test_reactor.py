@@ -1,9 +1,9 @@
-"""Tests for L{pgdoorman.reactor}: a private PoolerReactor runs real loopback TCP."""
+"""Tests for L{pgdoorman.net.reactor}: a private PoolerReactor runs real loopback TCP."""
 
 from twisted.internet.protocol import ClientFactory, Factory, Protocol
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.reactor import PoolerReactor
+from pgdoorman.net.reactor import PoolerReactor
 
 
 class Echo(Protocol):

@@ -4,7 +4,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.auth import ServerCredentials
+from pgdoorman.auth.credentials import ServerCredentials
 from pgdoorman.config import loads
 from pgdoorman.pool.pool import Pool, PoolClosed
 from pgdoorman.pool.registry import PoolRegistry

@@ -1,10 +1,10 @@
-"""Tests for L{pgdoorman.service}: the service tree, built on a MemoryReactorClock."""
+"""Tests for L{pgdoorman.app.service}: the service tree, built on a MemoryReactorClock."""
 
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgdoorman.app.service import make_service
 from pgdoorman.config import loads
-from pgdoorman.service import make_service
 
 CONFIG = """
 [general]

@@ -4,7 +4,7 @@ one byte at a time, and with trailing data."""
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.auth import ServerCredentials
+from pgdoorman.auth.credentials import ServerCredentials
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import (
     SCRAM_MECHANISM,

@@ -5,7 +5,7 @@ import json
 
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.prepared import ClientStatements, PoolStatements
+from pgdoorman.session.prepared import ClientStatements, PoolStatements
 from pgdoorman.session.state import ClientState, PreparedState, StateError
 
 STATE = ClientState(

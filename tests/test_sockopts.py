@@ -1,4 +1,4 @@
-"""Tests for L{pgdoorman.sockopts} on real sockets."""
+"""Tests for L{pgdoorman.net.sockopts} on real sockets."""
 
 import socket
 import struct
@@ -6,7 +6,7 @@ import struct
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgdoorman.config import loads
-from pgdoorman.sockopts import apply_socket_options
+from pgdoorman.net.sockopts import apply_socket_options
 
 CONFIG = """
 [general]

@@ -93,7 +93,7 @@ class Pool:
     @param min_size: servers L{maintain} keeps open (C{min_pool_size}).
     @param check_timeout: servers idle longer than this are probed before a client gets
         them (C{server_idle_check_timeout}); 0 never.
-    @param statements: the pool's L{pgdoorman.prepared.PoolStatements}, or C{None} when
+    @param statements: the pool's L{pgdoorman.session.prepared.PoolStatements}, or C{None} when
         prepared statements pass through unmapped (session mode, or switched off).
     @param server_statements_size: how many mapped statements each server keeps.
     """

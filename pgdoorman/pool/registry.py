@@ -4,13 +4,13 @@
 import attrs
 from twisted.application.service import Service
 
-from ..auth import client_scram_secret, server_credentials
+from ..auth.credentials import client_scram_secret, server_credentials
 from ..loglevel import logger
-from ..prepared import PoolStatements
 from ..protocol.auth import md5_hash
 from ..protocol.constants import SQLSTATE
 from ..protocol.errors import PgError
 from ..session.client_login import ADMIN_DATABASES, Account
+from ..session.prepared import PoolStatements
 from .pool import Pool, PoolClosed
 
 __all__ = ["PoolRegistry"]

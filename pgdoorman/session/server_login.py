@@ -26,7 +26,7 @@ _OK, _CLEARTEXT, _MD5, _SASL, _SASL_CONTINUE, _SASL_FINAL = 0, 3, 5, 10, 11, 12
 class ServerLogin:
     """One server connection's login.
 
-    @param credentials: the pool user's L{pgdoorman.auth.ServerCredentials}.
+    @param credentials: the pool user's L{pgdoorman.auth.credentials.ServerCredentials}.
     @param startup: the StartupMessage parameters.
     @ivar params: the ParameterStatus values reported so far.
     @ivar backend_pid: from BackendKeyData (with C{backend_key}), for CancelRequest.

@@ -3,5 +3,5 @@
 from twisted.application.service import ServiceMaker
 
 pgdoorman = ServiceMaker(
-    "pgdoorman", "pgdoorman.tap", "PostgreSQL connection pooler compatible with PgDoorman.", "pgdoorman"
+    "pgdoorman", "pgdoorman.app.tap", "PostgreSQL connection pooler compatible with PgDoorman.", "pgdoorman"
 )

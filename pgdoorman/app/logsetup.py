@@ -2,7 +2,7 @@
 """
 Log observer factories for C{twistd --logger}.
 
-C{twistd --logger=pgdoorman.logsetup.json} calls L{json} with no arguments
+C{twistd --logger=pgdoorman.app.logsetup.json} calls L{json} with no arguments
 (see C{twisted.application.app.AppLogger.start}) and sends every log event to
 the observer it returns.  C{--logger} replaces twistd's own observer, so
 C{--logfile} and C{--syslog} no longer apply: these observers write to standard

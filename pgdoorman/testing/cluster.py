@@ -17,7 +17,7 @@ import tempfile
 import time
 from typing import Self
 
-from .protocol.sql import quote_ident, quote_literal
+from ..protocol.sql import quote_ident, quote_literal
 
 __all__ = [
     "ClusterError",
@@ -255,7 +255,7 @@ class PostgresCluster:
         lines = [f"{name} = {_conf_value(value)}\n" for name, value in conf.items()]
         self._write_server_file(
             os.path.join(self.datadir, "pgdoorman.conf"),
-            "# Written by pgdoorman.cluster on every start; edits are lost.\n" + "".join(lines),
+            "# Written by pgdoorman.testing.cluster on every start; edits are lost.\n" + "".join(lines),
         )
 
     # -- lifecycle --------------------------------------------------------
@@ -331,7 +331,7 @@ class PostgresCluster:
         local = "local all all trust" if local_trust else f"local {databases} {users} {method}"
         rules = [(quote_ident(user), how) for user, how in (per_user or {}).items()]
         rules.append((users, method))
-        hba = f"# Written by pgdoorman.cluster.PostgresCluster.set_hba.\n{local}\n" + "".join(
+        hba = f"# Written by pgdoorman.testing.cluster.PostgresCluster.set_hba.\n{local}\n" + "".join(
             f"host {databases} {user} {address} {how}\n"
             for user, how in rules
             for address in ("127.0.0.1/32", "::1/128")

@@ -16,12 +16,10 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from .auth import ServerCredentials
-from .fastwrite import eager_writer
-from .loglevel import logger
-from .prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
-from .protocol import messages as m
-from .protocol.constants import (
+from ..auth.credentials import ServerCredentials
+from ..loglevel import logger
+from ..protocol import messages as m
+from ..protocol.constants import (
     CLOSE_COMPLETE,
     COMMAND_COMPLETE,
     COPY_IN_RESPONSE,
@@ -31,10 +29,12 @@ from .protocol.constants import (
     READY_FOR_QUERY,
     SQLSTATE,
 )
-from .protocol.errors import PgError
-from .protocol.framing import ALL_TYPES, Framer
-from .session.parameters import TRACKED, sync_plan
-from .session.server_login import ServerLogin
+from ..protocol.errors import PgError
+from ..protocol.framing import ALL_TYPES, Framer
+from ..session.parameters import TRACKED, sync_plan
+from ..session.prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
+from ..session.server_login import ServerLogin
+from .fastwrite import eager_writer
 from .sockopts import apply_socket_options
 
 __all__ = [

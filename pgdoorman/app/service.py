@@ -8,14 +8,14 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService
 from twisted.internet import endpoints
 
-from .admin import AdminConsole, Controls
-from .backend import connect_server
-from .cancel import cancel_query
-from .config import ConfigError, load
-from .frontend import ClientFactory
-from .loglevel import get_log_level, logger, set_log_level
+from ..admin.console import AdminConsole, Controls
+from ..config import ConfigError, load
+from ..loglevel import get_log_level, logger, set_log_level
+from ..net.backend import connect_server
+from ..net.cancel import cancel_query
+from ..net.frontend import ClientFactory
+from ..pool.registry import PoolRegistry
 from .manhole import make_manhole_service
-from .pool.registry import PoolRegistry
 
 __all__ = ["make_service", "listen_endpoint", "Lifecycle", "DEFAULT_APPLICATION_NAME", "STATS_PERIOD"]
 

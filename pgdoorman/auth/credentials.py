@@ -3,7 +3,7 @@
 
 import attrs
 
-from .protocol.auth import ScramSecret, parse_scram_verifier, scram_verifier
+from ..protocol.auth import ScramSecret, parse_scram_verifier, scram_verifier
 
 __all__ = ["ServerCredentials", "server_credentials", "client_scram_secret"]
 

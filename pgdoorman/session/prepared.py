@@ -23,11 +23,11 @@ group are dropped and what they assumed is rolled back.
 import itertools
 from collections import OrderedDict, deque
 
-from .protocol import constants as c
-from .protocol import messages as m
-from .protocol.constants import SQLSTATE
-from .protocol.errors import PgError
-from .session.state import PreparedState
+from ..protocol import constants as c
+from ..protocol import messages as m
+from ..protocol.constants import SQLSTATE
+from ..protocol.errors import PgError
+from .state import PreparedState
 
 __all__ = [
     "REWRITTEN",

@@ -13,14 +13,10 @@ import secrets
 
 from twisted.internet.protocol import Factory, Protocol
 
-from .backend import PeerProducer
-from .fastwrite import eager_writer
-from .loglevel import logger
-from .pool.pool import PoolClosed, PoolTimeout
-from .prepared import PARSE as PARSE_ITEM
-from .prepared import REQUESTS, REWRITTEN, ClientStatements, render
-from .protocol import messages as m
-from .protocol.constants import (
+from ..loglevel import logger
+from ..pool.pool import PoolClosed, PoolTimeout
+from ..protocol import messages as m
+from ..protocol.constants import (
     BIND,
     CLOSE,
     COPY_DATA,
@@ -36,11 +32,15 @@ from .protocol.constants import (
     SYNC,
     TERMINATE,
 )
-from .protocol.errors import PgError
-from .protocol.framing import ALL_TYPES, Framer
-from .session.client_login import Cancel, ClientLogin, LoggedIn, Started
-from .session.parameters import wanted_from_startup, with_change
-from .session.state import ClientState
+from ..protocol.errors import PgError
+from ..protocol.framing import ALL_TYPES, Framer
+from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started
+from ..session.parameters import wanted_from_startup, with_change
+from ..session.prepared import PARSE as PARSE_ITEM
+from ..session.prepared import REQUESTS, REWRITTEN, ClientStatements, render
+from ..session.state import ClientState
+from .backend import PeerProducer
+from .fastwrite import eager_writer
 from .sockopts import apply_socket_options
 
 __all__ = ["ClientConnection", "ClientFactory"]
@@ -88,7 +88,7 @@ _ADMIN_PARAMETERS = b"".join(
 class ClientConnection(PeerProducer, Protocol):
     """One application connection.
 
-    @ivar server: the leased L{pgdoorman.backend.ServerConnection}, or C{None}.
+    @ivar server: the leased L{pgdoorman.net.backend.ServerConnection}, or C{None}.
     @ivar wanted: the client's session parameters as a frozenset of (name, value) pairs,
         replayed with SET on each server it lands on.
     @ivar out_paused: our transport's send buffer is full: the linked server's reads are
@@ -737,7 +737,7 @@ class ClientFactory(Factory):
 
     @param registry: the L{pgdoorman.pool.registry.PoolRegistry}.
     @param canceller: called with a server connection whose running query to cancel.
-    @ivar console: the L{pgdoorman.admin.AdminConsole} serving the admin database.
+    @ivar console: the L{pgdoorman.admin.console.AdminConsole} serving the admin database.
     @ivar counts: connections accepted (C{total}), that sent a StartupMessage (C{plain}) or
         a CancelRequest (C{cancel}), for SHOW CONNECTIONS.
     """

@@ -10,7 +10,7 @@ __all__ = ["main"]
 
 
 def _check(path: str) -> int:
-    from .config import ConfigError, load
+    from ..config import ConfigError, load
 
     try:
         config = load(path)
@@ -41,8 +41,8 @@ def _demo(port: int) -> int:
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
-    from .cluster import PostgresCluster, free_port
-    from .config import demo_config
+    from ..config import demo_config
+    from ..testing.cluster import PostgresCluster, free_port
     from .service import make_service
 
     cluster = PostgresCluster()

@@ -6,7 +6,7 @@ import sys
 
 from twisted.python import usage
 
-from .config import ConfigError, load
+from ..config import ConfigError, load
 
 __all__ = ["Options", "makeService", "DEFAULT_CONFIG", "install_default_reactor"]
 
@@ -57,8 +57,8 @@ def makeService(options: Options):
 
 
 def install_default_reactor() -> None:
-    """Install L{pgdoorman.reactor.PoolerReactor} if no reactor is installed yet."""
+    """Install L{pgdoorman.net.reactor.PoolerReactor} if no reactor is installed yet."""
     if "twisted.internet.reactor" not in sys.modules:
-        from .reactor import install
+        from ..net.reactor import install
 
         install()

@@ -12,13 +12,13 @@ import re
 
 import attrs
 
-from . import __version__
-from .loglevel import logger
-from .pool.stats import percentile
-from .prepared import interner
-from .protocol import messages as m
-from .protocol.constants import SQLSTATE
-from .protocol.errors import PgError
+from .. import __version__
+from ..loglevel import logger
+from ..pool.stats import percentile
+from ..protocol import messages as m
+from ..protocol.constants import SQLSTATE
+from ..protocol.errors import PgError
+from ..session.prepared import interner
 
 __all__ = ["AdminConsole", "Controls"]
 
@@ -89,7 +89,7 @@ class AdminConsole:
     """Runs admin commands against the registry and the connected clients.
 
     @param registry: the L{pgdoorman.pool.registry.PoolRegistry}.
-    @param factory: the L{pgdoorman.frontend.ClientFactory} (its clients and counters).
+    @param factory: the L{pgdoorman.net.frontend.ClientFactory} (its clients and counters).
     @param controls: L{Controls}.
     """
 
@@ -184,7 +184,7 @@ class AdminConsole:
 
     def reload(self) -> None:
         """Re-read the config; a bad file is reported and the old config kept."""
-        from .config import ConfigError
+        from ..config import ConfigError
 
         try:
             self.controls.reload()

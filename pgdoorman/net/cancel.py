@@ -3,8 +3,8 @@
 
 from twisted.internet.protocol import Protocol
 
+from ..protocol import messages as m
 from .backend import OneServer, connect_to
-from .protocol import messages as m
 
 __all__ = ["cancel_query"]
 
