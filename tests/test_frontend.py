@@ -412,7 +412,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
         self.assertEqual(self.received(), ["2", "C", "Z"])
         self.assertEqual(self.server.pool_state, "idle")
-        self.assertEqual(list(self.server.statements.names), [name])
+        self.assertEqual(list(self.server.lease.cache.names), [name])
 
     def test_second_client_reuses_the_servers_statement(self):
         """Another client preparing the same text under its own name gets the same server
@@ -429,7 +429,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(sent[1][1].split(b"\x00")[1], name)
         self.answer(CLOSE_COMPLETE + BIND_COMPLETE + ANSWER)
         self.assertEqual(self.received(other), ["1", "2", "C", "Z"])
-        self.assertEqual((self.server.statements.hits, self.server.statements.misses), (2, 1))
+        self.assertEqual((self.server.lease.cache.hits, self.server.lease.cache.misses), (2, 1))
 
     def test_same_name_different_queries(self):
         """Two clients using one name for different texts map to different statements."""
@@ -455,8 +455,8 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
                 self.assertEqual(sent[0][1], b"S" + names[0] + b"\x00")
                 self.answer(CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
             self.assertEqual(self.received(), ["1", "2", "C", "Z"])
-        self.assertEqual(len(self.server.statements), 2)
-        self.assertNotIn(names[0], self.server.statements.names)
+        self.assertEqual(len(self.server.lease.cache), 2)
+        self.assertNotIn(names[0], self.server.lease.cache.names)
 
     def test_failed_parse_is_rolled_back(self):
         """A Parse the server rejects: the rest of the group is skipped, the server is not
@@ -466,9 +466,9 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         error = m.error_response("ERROR", "42601", "syntax error")
         self.answer(error + m.READY_IDLE)
         self.assertEqual(self.received(), ["E", "Z"])
-        self.assertEqual(len(self.server.statements), 0)
+        self.assertEqual(len(self.server.lease.cache), 0)
         self.assertEqual(self.client.statements.named, {})
-        self.assertEqual(len(self.server.expect), 0)
+        self.assertEqual(len(self.server.lease.expect), 0)
         self.assertEqual(self.server.pool_state, "idle")
 
     def test_error_skips_a_later_injected_parse(self):
@@ -484,7 +484,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         error = m.error_response("ERROR", "26000", "prepared statement does not exist")
         self.answer(error + m.ready_for_query(b"E"))
         self.assertEqual(self.received(), ["E", "Z"])
-        self.assertEqual(len(self.server.statements), 0)
+        self.assertEqual(len(self.server.lease.cache), 0)
         self.assertIn(b"s1", self.client.statements.named)
 
     def test_describe_statement_is_mapped(self):
@@ -538,7 +538,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
         self.client.dataReceived(m.query("discard all"))
         self.answer(m.command_complete("DISCARD ALL") + m.READY_IDLE)
-        self.assertEqual(len(self.server.statements), 0)
+        self.assertEqual(len(self.server.lease.cache), 0)
         self.assertEqual(self.client.statements.named, {})
 
     def test_any_split_sends_the_same_bytes(self):
@@ -554,7 +554,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.client.dataReceived(pipeline)
         whole = self.server_transport.value()
         self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER + ANSWER)
-        self.server.statements.clear()
+        self.server.lease.cache.clear()
         self.server_transport.clear()
         other = self.newClient()
         for i in range(len(pipeline)):

@@ -67,6 +67,7 @@ class SansIOBoundaryTests(SynchronousTestCase):
             "pgdoorman.config.schema",
             "pgdoorman.config.loader",
             "pgdoorman.session.client_login",
+            "pgdoorman.session.lease",
             "pgdoorman.session.parameters",
             "pgdoorman.session.server_login",
             "pgdoorman.session.state",

@@ -19,11 +19,10 @@ from ..protocol import messages as m
 from ..protocol.constants import SQLSTATE
 from ..protocol.errors import PgError
 from ..session.prepared import interner
+from .tables import FLOAT8, INT8, TEXT, Column, Table
 
 __all__ = ["AdminConsole", "Controls"]
 
-
-TEXT, INT8, FLOAT8 = 25, 20, 701
 
 _SHOW = (
     "HELP",
@@ -67,24 +66,6 @@ class Controls:
     set_log_level: object
 
 
-def _result(columns: list, rows: list, tag: str = "SHOW") -> bytes:
-    """RowDescription, DataRows, CommandComplete, as the console answers a query."""
-    parts = [m.row_description(columns)]
-    parts.extend(m.data_row([_text(v) for v in row]) for row in rows)
-    parts.append(m.command_complete(tag))
-    return b"".join(parts)
-
-
-def _text(value):
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return "1" if value else "0"
-    if isinstance(value, float):
-        return f"{value:.0f}" if value.is_integer() else f"{value:.3f}"
-    return str(value)
-
-
 class AdminConsole:
     """Runs admin commands against the registry and the connected clients.
 
@@ -120,11 +101,11 @@ class AdminConsole:
         if verb == "SHOW" and len(words) == 2:
             what = _SHOW_ALIASES.get(words[1].upper(), words[1].upper())
             if what in _SHOW:
-                columns, rows = getattr(self, "show_" + what.lower())()
-                return _result(columns, rows)
+                table, rows = getattr(self, "show_" + what.lower())()
+                return table.render(rows)
         if verb == "SHOW" and len(words) == 3 and words[1].upper() == "INTERNER" and words[2].isdigit():
-            columns, rows = self.show_interner_top(int(words[2]))
-            return _result(columns, rows)
+            table, rows = self.show_interner_top(int(words[2]))
+            return table.render(rows)
         if verb == "RESET" and len(words) == 2 and words[1].upper() == "INTERNER":
             interner.clear()
             return m.command_complete("RESET")
@@ -138,7 +119,7 @@ class AdminConsole:
             return m.command_complete("RELOAD")
         if verb == "SHUTDOWN" and len(words) == 1:
             self.controls.shutdown()
-            return _result([("success", TEXT)], [["t"]], "SHUTDOWN")
+            return _SHUTDOWN.render(["t"], "SHUTDOWN")
         raise PgError(SQLSTATE.SYSTEM_ERROR, f"Unsupported query against the admin console: {text}", "ERROR")
 
     # -- commands that act
@@ -191,7 +172,7 @@ class AdminConsole:
         except (ConfigError, OSError) as e:
             raise PgError("F0000", f"RELOAD failed, configuration unchanged: {e}", "ERROR") from None
 
-    # -- SHOW
+    # -- SHOW: each command returns a Table and its rows
 
     def _pool_rows(self):
         """(pool config, user config, live pool or None) for every configured pool user."""
@@ -211,74 +192,39 @@ class AdminConsole:
     def show_help(self):
         """SHOW HELP: PgDoorman's command list."""
         rows = [
-            ["SHOW " + "|".join(s for s in _SHOW if s != "HELP")],
-            ["SET log_level = '<level>'"],
-            ["RELOAD"],
-            ["SHUTDOWN"],
-            ["PAUSE [db]"],
-            ["RESUME [db]"],
-            ["RECONNECT [db]"],
-            ["KILL [db]"],
-            ["RESET INTERNER"],
+            "SHOW " + "|".join(s for s in _SHOW if s != "HELP"),
+            "SET log_level = '<level>'",
+            "RELOAD",
+            "SHUTDOWN",
+            "PAUSE [db]",
+            "RESUME [db]",
+            "RECONNECT [db]",
+            "KILL [db]",
+            "RESET INTERNER",
         ]
-        return [("item", TEXT)], rows
+        return _HELP, rows
 
     def show_config(self):
         """SHOW CONFIG: every effective key (PgDoorman shows five)."""
         config = self.registry.config
         rows = []
-        restart_only = {"host", "port", "backlog", "unix_socket_dir", "unix_socket_mode", "worker_threads"}
         for field in attrs.fields(type(config.general)):
             value = getattr(config.general, field.name)
             if field.repr is False:
                 value = "********"
-            rows.append(
-                [field.name, _config_value(value), "-", "no" if field.name in restart_only else "yes"]
-            )
+            rows.append((field.name, _config_value(value), field.name not in _RESTART_ONLY))
         for pool_config in config.pools.values():
             prefix = f"pools.{pool_config.name}."
             for field in attrs.fields(type(pool_config)):
                 if field.name in ("name", "users", "auth_query"):
                     continue
-                value = getattr(pool_config, field.name)
-                rows.append([prefix + field.name, _config_value(value), "-", "yes"])
-            users = ",".join(user.username for user in pool_config.users)
-            rows.append([prefix + "users", users, "-", "yes"])
-        return [("key", TEXT), ("value", TEXT), ("default", TEXT), ("changeable", TEXT)], rows
+                rows.append((prefix + field.name, _config_value(getattr(pool_config, field.name)), True))
+            rows.append((prefix + "users", ",".join(user.username for user in pool_config.users), True))
+        return _CONFIG, rows
 
     def show_databases(self):
         """SHOW DATABASES: one row per user x database pool."""
-        rows = []
-        for pool_config, user, pool in self._pool_rows():
-            rows.append(
-                [
-                    pool_config.name,
-                    pool_config.server_host,
-                    pool_config.server_port,
-                    pool_config.server_database,
-                    user.server_username or user.username,
-                    user.pool_size,
-                    user.min_pool_size,
-                    0,
-                    user.pool_mode,
-                    user.pool_size,
-                    pool.total if pool else 0,
-                ]
-            )
-        columns = [
-            ("name", TEXT),
-            ("host", TEXT),
-            ("port", INT8),
-            ("database", TEXT),
-            ("force_user", TEXT),
-            ("pool_size", INT8),
-            ("min_pool_size", INT8),
-            ("reserve_pool", INT8),
-            ("pool_mode", TEXT),
-            ("max_connections", INT8),
-            ("current_connections", INT8),
-        ]
-        return columns, rows
+        return _DATABASES, list(self._pool_rows())
 
     def _pool_values(self) -> list:
         """For every pool user, a dict of everything SHOW POOLS and POOLS_EXTENDED report."""
@@ -308,7 +254,7 @@ class AdminConsole:
                 "paused": bool(pool and pool.paused),
                 "fallback_active": 0,
                 "oldest_active_age_ms": int(
-                    max((now - s.xact_started for s in pool.active), default=0.0) * 1000
+                    max((now - s.lease.xact_started for s in pool.active), default=0.0) * 1000
                 )
                 if pool
                 else 0,
@@ -322,88 +268,19 @@ class AdminConsole:
             result.append(values)
         return result
 
-    def _pool_table(self, columns: list):
-        return columns, [[values[name] for name, _ in columns] for values in self._pool_values()]
-
     def show_pools(self):
         """SHOW POOLS: client and server counts per pool, from the pool's real state."""
-        return self._pool_table(
-            [("database", TEXT), ("user", TEXT), ("pool_mode", TEXT)]
-            + [
-                (name, INT8)
-                for name in (
-                    "cl_idle",
-                    "cl_active",
-                    "cl_waiting",
-                    "cl_cancel_req",
-                    "sv_active",
-                    "sv_idle",
-                    "sv_used",
-                    "sv_login",
-                    "pool_size",
-                    "maxwait",
-                    "maxwait_us",
-                    "avg_xact_time",
-                    "paused",
-                    "fallback_active",
-                    "oldest_active_age_ms",
-                )
-            ]
-        )
+        return _POOLS, self._pool_values()
 
     def show_pools_extended(self):
         """SHOW POOLS_EXTENDED: SHOW POOLS plus bytes and latency percentiles (ms)."""
-        counts = ("cl_active", "cl_waiting", "sv_active", "sv_idle", "sv_used", "sv_login", "pool_size")
-        return self._pool_table(
-            [("database", TEXT), ("user", TEXT)]
-            + [(name, INT8) for name in counts + ("maxwait", "maxwait_us")]
-            + [("pool_mode", TEXT), ("bytes_recieved", INT8), ("bytes_sent", INT8)]
-            + [
-                (f"{kind}_{fraction}", FLOAT8)
-                for fraction in (0.99, 0.95, 0.5)
-                for kind in ("query", "transaction")
-            ]
-        )
+        return _POOLS_EXTENDED, self._pool_values()
 
     def show_clients(self):
         """SHOW CLIENTS: one row per logged-in client."""
         now = self.registry.clock.seconds()
-        rows = []
-        for client in sorted(self.factory.clients, key=lambda c: c.id):
-            if client.database is None:
-                continue
-            wait = now - client.since if client.state == "waiting" else 0.0
-            rows.append(
-                [
-                    f"#c{client.id}",
-                    client.database,
-                    client.user,
-                    dict(client.wanted).get("application_name", ""),
-                    _address(client.peer),
-                    False,
-                    client.state,
-                    int(wait),
-                    client.xact_count,
-                    client.query_count,
-                    client.error_count,
-                    int(now - client.connected_at),
-                ]
-            )
-        columns = [
-            ("client_id", TEXT),
-            ("database", TEXT),
-            ("user", TEXT),
-            ("application_name", TEXT),
-            ("addr", TEXT),
-            ("tls", INT8),
-            ("state", TEXT),
-            ("wait", INT8),
-            ("transaction_count", INT8),
-            ("query_count", INT8),
-            ("error_count", INT8),
-            ("age_seconds", INT8),
-        ]
-        return columns, rows
+        clients = sorted(self.factory.clients, key=lambda c: c.id)
+        return _CLIENTS, [(client, now) for client in clients if client.database is not None]
 
     def show_servers(self):
         """SHOW SERVERS: one row per server connection."""
@@ -411,44 +288,8 @@ class AdminConsole:
         rows = []
         for pool in self.registry.all_pools():
             servers = list(pool.active) + list(pool.idle) + list(pool.used)
-            for server in sorted(servers, key=lambda s: s.id):
-                rows.append(
-                    [
-                        f"0x{server.id:x}",
-                        server.backend_pid,
-                        pool.name[0],
-                        pool.name[1],
-                        server.params.get("application_name", ""),
-                        False,
-                        server.pool_state,
-                        int(now - server.last_used) if server.pool_state == "idle" else 0,
-                        server.xact_count,
-                        server.query_count,
-                        server.bytes_sent,
-                        server.bytes_received,
-                        int(now - server.created_at),
-                        *_cache_counts(server.statements),
-                    ]
-                )
-        columns = [
-            ("server_id", TEXT),
-            ("server_process_id", INT8),
-            ("database_name", TEXT),
-            ("user", TEXT),
-            ("application_name", TEXT),
-            ("tls", INT8),
-            ("state", TEXT),
-            ("wait", INT8),
-            ("transaction_count", INT8),
-            ("query_count", INT8),
-            ("bytes_sent", INT8),
-            ("bytes_received", INT8),
-            ("age_seconds", INT8),
-            ("prepare_cache_hit", INT8),
-            ("prepare_cache_miss", INT8),
-            ("prepare_cache_size", INT8),
-        ]
-        return columns, rows
+            rows += [(server, pool, now) for server in sorted(servers, key=lambda s: s.id)]
+        return _SERVERS, rows
 
     def show_pools_memory(self):
         """SHOW POOLS_MEMORY: the prepared-statement caches of each pool and its clients."""
@@ -468,62 +309,31 @@ class AdminConsole:
                 for s in [*view.named.values(), *([view.anonymous] if view.anonymous else [])]
             )
             rows.append(
-                [
-                    pool.name[0],
-                    pool.name[1],
-                    len(cache) if cache is not None else 0,
-                    cache.bytes if cache is not None else 0,
-                    named + anonymous,
-                    referenced,
-                    named,
-                    anonymous,
-                    0,
-                    0,
-                ]
+                {
+                    "database": pool.name[0],
+                    "user": pool.name[1],
+                    "pool_prepared_count": len(cache) if cache is not None else 0,
+                    "pool_prepared_bytes": cache.bytes if cache is not None else 0,
+                    "client_prepared_count": named + anonymous,
+                    "client_prepared_bytes": referenced,
+                    "client_named_count": named,
+                    "client_anonymous_count": anonymous,
+                    "client_anonymous_evictions_alive": 0,
+                    "async_clients": 0,
+                }
             )
-        columns = [
-            ("database", TEXT),
-            ("user", TEXT),
-            ("pool_prepared_count", INT8),
-            ("pool_prepared_bytes", INT8),
-            ("client_prepared_count", INT8),
-            ("client_prepared_bytes", INT8),
-            ("client_named_count", INT8),
-            ("client_anonymous_count", INT8),
-            ("client_anonymous_evictions_alive", INT8),
-            ("async_clients", INT8),
-        ]
-        return columns, rows
+        return _POOLS_MEMORY, rows
 
     def show_prepared_statements(self):
         """SHOW PREPARED_STATEMENTS: every pool cache entry, most used first."""
-        rows = []
-        for pool in self.registry.all_pools():
-            if pool.statements is None:
-                continue
-            label = f"{pool.name[0]}.{pool.name[1]}"
-            for statement in pool.statements.entries.values():
-                rows.append(
-                    [
-                        label,
-                        # 63 bits: the column is an int8.
-                        _hash64(statement.query + b"\x00" + statement.types) >> 1,
-                        statement.name.decode(),
-                        statement.query.decode("utf-8", "replace"),
-                        statement.used,
-                        statement.kind,
-                    ]
-                )
-        rows.sort(key=lambda row: -row[4])
-        columns = [
-            ("pool", TEXT),
-            ("hash", INT8),
-            ("name", TEXT),
-            ("query", TEXT),
-            ("count_used", INT8),
-            ("kind", TEXT),
+        rows = [
+            (f"{pool.name[0]}.{pool.name[1]}", statement)
+            for pool in self.registry.all_pools()
+            if pool.statements is not None
+            for statement in pool.statements.entries.values()
         ]
-        return columns, rows
+        rows.sort(key=lambda row: -row[1].used)
+        return _PREPARED_STATEMENTS, rows
 
     def _interned(self) -> list:
         """(text, kind) for every interned text: named if any statement using it is."""
@@ -541,25 +351,12 @@ class AdminConsole:
         for text, kind in self._interned():
             totals[kind][0] += 1
             totals[kind][1] += len(text)
-        rows = [[kind, entries, size] for kind, (entries, size) in totals.items()]
-        return [("kind", TEXT), ("entries", INT8), ("bytes", INT8)], rows
+        return _INTERNER, [(kind, entries, size) for kind, (entries, size) in totals.items()]
 
     def show_interner_top(self, limit: int):
         """SHOW INTERNER <N>: the N longest stored texts. Texts have no idle clock here
         (they live as long as a pool cache holds them), so idle_ms is -1 for all."""
-        interned = sorted(self._interned(), key=lambda item: -len(item[0]))[:limit]
-        rows = [
-            [
-                f"{_hash64(text):016x}",
-                kind,
-                len(text),
-                -1,
-                text[:_PREVIEW].decode("utf-8", "replace"),
-            ]
-            for text, kind in interned
-        ]
-        columns = [("hash", TEXT), ("kind", TEXT), ("bytes", INT8), ("idle_ms", INT8), ("query", TEXT)]
-        return columns, rows
+        return _INTERNER_TOP, sorted(self._interned(), key=lambda item: -len(item[0]))[:limit]
 
     def show_stats(self):
         """SHOW STATS: totals and the averages of the last 15 s period (times in us)."""
@@ -567,55 +364,13 @@ class AdminConsole:
         for pool_config, user, pool in self._pool_rows():
             s = pool.stats if pool else None
             a = s.averages if s else {}
-            rows.append(
-                [
-                    pool_config.name,
-                    user.username,
-                    s.xact_count if s else 0,
-                    s.query_count if s else 0,
-                    s.received if s else 0,
-                    s.sent if s else 0,
-                    int(s.xact_time * 1e6) if s else 0,
-                    int(s.query_time * 1e6) if s else 0,
-                    int(s.wait_time * 1e6) if s else 0,
-                    s.errors if s else 0,
-                ]
-                + [
-                    int(a.get(k, 0))
-                    for k in (
-                        "xact_count",
-                        "query_count",
-                        "recv",
-                        "sent",
-                        "errors",
-                        "xact_time",
-                        "query_time",
-                        "wait_time",
-                    )
-                ]
-            )
-        columns = [("database", TEXT), ("user", TEXT)] + [
-            (name, INT8)
-            for name in (
-                "total_xact_count",
-                "total_query_count",
-                "total_received",
-                "total_sent",
-                "total_xact_time",
-                "total_query_time",
-                "total_wait_time",
-                "total_errors",
-                "avg_xact_count",
-                "avg_query_count",
-                "avg_recv",
-                "avg_sent",
-                "avg_errors",
-                "avg_xact_time",
-                "avg_query_time",
-                "avg_wait_time",
-            )
-        ]
-        return columns, rows
+            row = {"database": pool_config.name, "user": user.username}
+            for name, read in _STATS_TOTALS:
+                row[name] = read(s) if s else 0
+            for name in _STATS_AVERAGES:
+                row["avg_" + name] = int(a.get(name, 0))
+            rows.append(row)
+        return _STATS, rows
 
     def show_lists(self):
         """SHOW LISTS: PgBouncer-shaped item counts."""
@@ -625,41 +380,232 @@ class AdminConsole:
         idle = sum(len(p.idle) for p in pools)
         total = sum(len(p.idle) + len(p.active) + len(p.used) for p in pools)
         rows = [
-            ["databases", len(config.pools)],
-            ["users", len({u.username for p in config.pools.values() for u in p.users})],
-            ["pools", sum(len(p.users) for p in config.pools.values())],
-            ["free_clients", 0],
-            ["used_clients", len(clients)],
-            ["login_clients", 0],
-            ["free_servers", idle],
-            ["used_servers", total - idle],
-            ["dns_names", 0],
-            ["dns_zones", 0],
-            ["dns_queries", 0],
-            ["dns_pending", 0],
+            ("databases", len(config.pools)),
+            ("users", len({u.username for p in config.pools.values() for u in p.users})),
+            ("pools", sum(len(p.users) for p in config.pools.values())),
+            ("free_clients", 0),
+            ("used_clients", len(clients)),
+            ("login_clients", 0),
+            ("free_servers", idle),
+            ("used_servers", total - idle),
+            ("dns_names", 0),
+            ("dns_zones", 0),
+            ("dns_queries", 0),
+            ("dns_pending", 0),
         ]
-        return [("list", TEXT), ("items", INT8)], rows
+        return _LISTS, rows
 
     def show_users(self):
         """SHOW USERS: name and pool mode, one row per pool user."""
-        rows = [[user.username, user.pool_mode] for _, user, _ in self._pool_rows()]
-        return [("name", TEXT), ("pool_mode", TEXT)], rows
+        return _USERS, [user for _, user, _ in self._pool_rows()]
 
     def show_connections(self):
         """SHOW CONNECTIONS: process-wide connection counters."""
-        counts = self.factory.counts
-        total, plain, cancel = counts["total"], counts["plain"], counts["cancel"]
-        rows = [[total, total - plain - cancel, 0, plain, cancel]]
-        columns = [("total", INT8), ("errors", INT8), ("tls", INT8), ("plain", INT8), ("cancel", INT8)]
-        return columns, rows
+        return _CONNECTIONS, [self.factory.counts]
 
     def show_version(self):
         """SHOW VERSION."""
-        return [("version", TEXT)], [[f"pgdoorman {__version__}"]]
+        return _VERSION, [f"pgdoorman {__version__}"]
 
     def show_log_level(self):
         """SHOW LOG_LEVEL."""
-        return [("log_level", TEXT)], [[self.controls.get_log_level()]]
+        return _LOG_LEVEL, [self.controls.get_log_level()]
+
+
+def _at(i: int):
+    """Read item C{i} of a tuple row."""
+    return lambda row: row[i]
+
+
+def _same(row):
+    return row
+
+
+_HELP = Table(Column("item", TEXT, _same))
+#: SHOW CONFIG keys that take effect only at start.
+_RESTART_ONLY = frozenset(
+    ("host", "port", "backlog", "unix_socket_dir", "unix_socket_mode", "worker_threads")
+)
+_CONFIG = Table(
+    Column("key", TEXT, _at(0)),
+    Column("value", TEXT, _at(1)),
+    Column("default", TEXT, lambda row: "-"),
+    Column("changeable", TEXT, lambda row: "yes" if row[2] else "no"),
+)
+_DATABASES = Table(
+    Column("name", TEXT, lambda r: r[0].name),
+    Column("host", TEXT, lambda r: r[0].server_host),
+    Column("port", INT8, lambda r: r[0].server_port),
+    Column("database", TEXT, lambda r: r[0].server_database),
+    Column("force_user", TEXT, lambda r: r[1].server_username or r[1].username),
+    Column("pool_size", INT8, lambda r: r[1].pool_size),
+    Column("min_pool_size", INT8, lambda r: r[1].min_pool_size),
+    Column("reserve_pool", INT8, lambda r: 0),
+    Column("pool_mode", TEXT, lambda r: r[1].pool_mode),
+    Column("max_connections", INT8, lambda r: r[1].pool_size),
+    Column("current_connections", INT8, lambda r: r[2].total if r[2] else 0),
+)
+_POOLS = Table(
+    Column("database", TEXT),
+    Column("user", TEXT),
+    Column("pool_mode", TEXT),
+    *(
+        Column(name, INT8)
+        for name in (
+            "cl_idle",
+            "cl_active",
+            "cl_waiting",
+            "cl_cancel_req",
+            "sv_active",
+            "sv_idle",
+            "sv_used",
+            "sv_login",
+            "pool_size",
+            "maxwait",
+            "maxwait_us",
+            "avg_xact_time",
+            "paused",
+            "fallback_active",
+            "oldest_active_age_ms",
+        )
+    ),
+)
+_POOLS_EXTENDED = Table(
+    Column("database", TEXT),
+    Column("user", TEXT),
+    *(
+        Column(name, INT8)
+        for name in (
+            "cl_active",
+            "cl_waiting",
+            "sv_active",
+            "sv_idle",
+            "sv_used",
+            "sv_login",
+            "pool_size",
+            "maxwait",
+            "maxwait_us",
+        )
+    ),
+    Column("pool_mode", TEXT),
+    Column("bytes_recieved", INT8),
+    Column("bytes_sent", INT8),
+    *(
+        Column(f"{kind}_{fraction}", FLOAT8)
+        for fraction in (0.99, 0.95, 0.5)
+        for kind in ("query", "transaction")
+    ),
+)
+_CLIENTS = Table(
+    Column("client_id", TEXT, lambda r: f"#c{r[0].id}"),
+    Column("database", TEXT, lambda r: r[0].database),
+    Column("user", TEXT, lambda r: r[0].user),
+    Column("application_name", TEXT, lambda r: dict(r[0].wanted).get("application_name", "")),
+    Column("addr", TEXT, lambda r: _address(r[0].peer)),
+    Column("tls", INT8, lambda r: False),
+    Column("state", TEXT, lambda r: r[0].state),
+    Column("wait", INT8, lambda r: int(r[1] - r[0].since) if r[0].state == "waiting" else 0),
+    Column("transaction_count", INT8, lambda r: r[0].stream.xacts),
+    Column("query_count", INT8, lambda r: r[0].stream.queries),
+    Column("error_count", INT8, lambda r: r[0].stream.errors),
+    Column("age_seconds", INT8, lambda r: int(r[1] - r[0].connected_at)),
+)
+_SERVERS = Table(
+    Column("server_id", TEXT, lambda r: f"0x{r[0].id:x}"),
+    Column("server_process_id", INT8, lambda r: r[0].backend_pid),
+    Column("database_name", TEXT, lambda r: r[1].name[0]),
+    Column("user", TEXT, lambda r: r[1].name[1]),
+    Column("application_name", TEXT, lambda r: r[0].params.get("application_name", "")),
+    Column("tls", INT8, lambda r: False),
+    Column("state", TEXT, lambda r: r[0].pool_state),
+    Column("wait", INT8, lambda r: int(r[2] - r[0].last_used) if r[0].pool_state == "idle" else 0),
+    Column("transaction_count", INT8, lambda r: r[0].counts.xacts),
+    Column("query_count", INT8, lambda r: r[0].counts.queries),
+    Column("bytes_sent", INT8, lambda r: r[0].counts.bytes_sent),
+    Column("bytes_received", INT8, lambda r: r[0].bytes_received),
+    Column("age_seconds", INT8, lambda r: int(r[2] - r[0].created_at)),
+    Column("prepare_cache_hit", INT8, lambda r: r[0].lease.cache.hits if r[0].lease.cache else 0),
+    Column("prepare_cache_miss", INT8, lambda r: r[0].lease.cache.misses if r[0].lease.cache else 0),
+    Column("prepare_cache_size", INT8, lambda r: len(r[0].lease.cache) if r[0].lease.cache else 0),
+)
+_POOLS_MEMORY = Table(
+    Column("database", TEXT),
+    Column("user", TEXT),
+    *(
+        Column(name, INT8)
+        for name in (
+            "pool_prepared_count",
+            "pool_prepared_bytes",
+            "client_prepared_count",
+            "client_prepared_bytes",
+            "client_named_count",
+            "client_anonymous_count",
+            "client_anonymous_evictions_alive",
+            "async_clients",
+        )
+    ),
+)
+_PREPARED_STATEMENTS = Table(
+    Column("pool", TEXT, _at(0)),
+    # 63 bits: the column is an int8.
+    Column("hash", INT8, lambda r: _hash64(r[1].query + b"\x00" + r[1].types) >> 1),
+    Column("name", TEXT, lambda r: r[1].name.decode()),
+    Column("query", TEXT, lambda r: r[1].query.decode("utf-8", "replace")),
+    Column("count_used", INT8, lambda r: r[1].used),
+    Column("kind", TEXT, lambda r: r[1].kind),
+)
+_INTERNER = Table(
+    Column("kind", TEXT, _at(0)),
+    Column("entries", INT8, _at(1)),
+    Column("bytes", INT8, _at(2)),
+)
+_INTERNER_TOP = Table(
+    Column("hash", TEXT, lambda r: f"{_hash64(r[0]):016x}"),
+    Column("kind", TEXT, _at(1)),
+    Column("bytes", INT8, lambda r: len(r[0])),
+    Column("idle_ms", INT8, lambda r: -1),
+    Column("query", TEXT, lambda r: r[0][:_PREVIEW].decode("utf-8", "replace")),
+)
+#: SHOW STATS totals: column name and how to read it from a pool's L{PoolStats}.
+_STATS_TOTALS = (
+    ("total_xact_count", lambda s: s.xact_count),
+    ("total_query_count", lambda s: s.query_count),
+    ("total_received", lambda s: s.received),
+    ("total_sent", lambda s: s.sent),
+    ("total_xact_time", lambda s: int(s.xact_time * 1e6)),
+    ("total_query_time", lambda s: int(s.query_time * 1e6)),
+    ("total_wait_time", lambda s: int(s.wait_time * 1e6)),
+    ("total_errors", lambda s: s.errors),
+)
+#: SHOW STATS averages of the last period, as avg_<name>.
+_STATS_AVERAGES = (
+    "xact_count",
+    "query_count",
+    "recv",
+    "sent",
+    "errors",
+    "xact_time",
+    "query_time",
+    "wait_time",
+)
+_STATS = Table(
+    Column("database", TEXT),
+    Column("user", TEXT),
+    *(Column(name, INT8) for name, _ in _STATS_TOTALS),
+    *(Column("avg_" + name, INT8) for name in _STATS_AVERAGES),
+)
+_LISTS = Table(Column("list", TEXT, _at(0)), Column("items", INT8, _at(1)))
+_USERS = Table(Column("name", TEXT, lambda u: u.username), Column("pool_mode", TEXT, lambda u: u.pool_mode))
+_CONNECTIONS = Table(
+    Column("total", INT8, lambda c: c["total"]),
+    Column("errors", INT8, lambda c: c["total"] - c["plain"] - c["cancel"]),
+    Column("tls", INT8, lambda c: 0),
+    Column("plain", INT8, lambda c: c["plain"]),
+    Column("cancel", INT8, lambda c: c["cancel"]),
+)
+_VERSION = Table(Column("version", TEXT, _same))
+_LOG_LEVEL = Table(Column("log_level", TEXT, _same))
+_SHUTDOWN = Table(Column("success", TEXT, _same))
 
 
 def _config_value(value) -> str:
@@ -679,13 +625,6 @@ def _address(peer) -> str:
     if host is None:
         return str(getattr(peer, "name", "") or "unix")
     return f"{host}:{peer.port}"
-
-
-def _cache_counts(statements) -> tuple:
-    """SHOW SERVERS prepare_cache_hit, _miss and _size of a server's statements (or None)."""
-    if statements is None:
-        return 0, 0, 0
-    return statements.hits, statements.misses, len(statements)
 
 
 def _hash64(data: bytes) -> int:

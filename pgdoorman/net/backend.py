@@ -8,7 +8,6 @@ chunk it receives untouched and watches only a handful of message types.
 
 import itertools
 import os
-from collections import deque
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IPushProducer
@@ -31,8 +30,9 @@ from ..protocol.constants import (
 )
 from ..protocol.errors import PgError
 from ..protocol.framing import ALL_TYPES, Framer
+from ..session.lease import Counters, Lease
 from ..session.parameters import TRACKED, sync_plan
-from ..session.prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements, skipped
+from ..session.prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements
 from ..session.server_login import ServerLogin
 from .fastwrite import eager_writer
 from .sockopts import apply_socket_options
@@ -71,14 +71,22 @@ class PeerProducer:
         self.out_paused = True
         peer = getattr(self, self.peer_attribute)
         if peer is not None:
-            peer.transport.pauseProducing()
+            peer.stop_reading()
 
     def resumeProducing(self) -> None:
         """Our send buffer drained: read from the linked peer again."""
         self.out_paused = False
         peer = getattr(self, self.peer_attribute)
         if peer is not None:
-            peer.transport.resumeProducing()
+            peer.start_reading()
+
+    def stop_reading(self) -> None:
+        """The linked peer cannot send what we would forward: stop reading for now."""
+        self.transport.pauseProducing()
+
+    def start_reading(self) -> None:
+        """The linked peer can send again."""
+        self.transport.resumeProducing()
 
     def stopProducing(self) -> None:
         """Nothing: the transport is closing and will tell us through connectionLost."""
@@ -90,8 +98,8 @@ class ServerConnection(PeerProducer, Protocol):
     @ivar ready: fires with this connection once logged in and ReadyForQuery arrived.
     @ivar client: the linked client connection, or C{None} while in the pool.
     @ivar params: the server's ParameterStatus values.
-    @ivar pending: requests (Query, Sync, FunctionCall) forwarded but not yet answered by
-        ReadyForQuery; maintained by the linked client and this connection.
+    @ivar lease: this connection's L{Lease}: what is owed, and the release rule.
+    @ivar counts: SHOW SERVERS counters (L{Counters}), kept by the lease.
     @ivar on_lost: called with this connection when it closes while not linked.
     @ivar fatal_forwarded: the linked client already got PostgreSQL's FATAL error.
     @ivar out_paused: our transport's send buffer is full: the linked client's reads are
@@ -114,21 +122,13 @@ class ServerConnection(PeerProducer, Protocol):
         self.applied: dict = {}
         self.backend_pid = 0
         self.backend_key = 0
-        self.tx_status = b"I"
-        self.pending = 0
-        self.answered = 0
-        self.statements = None
-        self.expect: deque = deque()
-        self.at_ready = False
+        self.counts = Counters()
+        self.lease = Lease(self.counts, clock.seconds)
         self.client = None
         self.on_lost = None
         self.out_paused = False
         self.fatal_forwarded = False
-        self.xact_count = 0
-        self.query_count = 0
         self.bytes_received = 0
-        self.bytes_sent = 0
-        self.query_started = self.xact_started = 0.0
         self.synced = None
         self.address = None
         self.connector = None
@@ -164,13 +164,14 @@ class ServerConnection(PeerProducer, Protocol):
             if client is None:
                 self._unlinked(data)
                 return
-            client.pool.stats.sent += len(data)
+            lease = self.lease
+            lease.stats.sent += len(data)
             events = self._framer.feed(data)
             if not events:
-                self.at_ready = False
+                lease.at_ready = False
                 client.write(data)
                 return
-            self._linked(data, events, client)
+            self._linked(data, events, client, lease)
         except PgError as e:
             self.log.warn("server {server!r} broke the protocol: {why}", server=self, why=e.message)
             self._fail(PgError(SQLSTATE.PROTOCOL_VIOLATION, e.message))
@@ -192,28 +193,20 @@ class ServerConnection(PeerProducer, Protocol):
             d.errback(PgError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection"))
         client = self.client
         if client is not None:
-            client.server_lost(self)
+            client.server_lost(self, self.fatal_forwarded)
         elif self.on_lost is not None:
             self.on_lost(self)
 
     # -- linked forwarding
 
-    def _linked(self, data: bytes, events: list, client) -> None:
+    def _linked(self, data: bytes, events: list, client, lease: Lease) -> None:
         pos = 0
         n = len(data)
         out = None
-        self.at_ready = False
+        lease.at_ready = False
         for mtype, body, end in events:
             if mtype == READY_FOR_QUERY:
-                self.tx_status = body
-                self.at_ready = end == n
-                if not self.pending:
-                    continue
-                self.pending -= 1
-                self.answered += 1
-                if self.expect:
-                    skipped(self, client, self.answered)
-                if not self.pending and client.requests_done(self):
+                if lease.ready(body, end == n):
                     if out is not None:
                         out.append(data[pos:end])
                         client.write(b"".join(out))
@@ -229,9 +222,9 @@ class ServerConnection(PeerProducer, Protocol):
                 if body[:4] in _TRACKED_TAGS:
                     self._track_tag(body, client)
             elif mtype == PARSE_COMPLETE or mtype == CLOSE_COMPLETE:
-                if not self.expect:
+                if not lease.expect:
                     continue
-                code = self.expect.popleft()[1]
+                code = lease.expect.popleft()[1]
                 if code == SWALLOW_PARSE or code == SWALLOW_CLOSE or code == CLOSE_AS_PARSE:
                     if out is None:
                         out = []
@@ -244,12 +237,9 @@ class ServerConnection(PeerProducer, Protocol):
                 if name in TRACKED:
                     client.parameter_changed(name, value)
             elif mtype == COPY_IN_RESPONSE:
-                client.copy_in = True
+                lease.copy_started()
             elif mtype == ERROR_RESPONSE:
-                client.error_count += 1
-                client.pool.stats.errors += 1
-                if self.expect:
-                    skipped(self, client, self.answered + 1)
+                lease.failed()
                 if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
                     self.fatal_forwarded = True
@@ -259,34 +249,49 @@ class ServerConnection(PeerProducer, Protocol):
         else:
             client.write(data if pos == 0 else data[pos:])
 
-    def link(self, client) -> None:
-        """Attach a client: from now on server bytes go to it, with flow control both ways."""
+    def link(self, client, stream, view, blocked: bool) -> Lease:
+        """Attach a client: from now on server bytes go to it, with flow control both ways.
+
+        @param stream: the client's L{ClientStream}.
+        @param view: the client's L{pgdoorman.session.prepared.ClientStatements}, or C{None}
+            when its prepared statements pass through unmapped.
+        @param blocked: the client's send buffer is full (do not read from the server yet).
+        @return: the lease, bound to the client.
+        """
         self.client = client
-        if client.statements is None:
+        lease = self.lease
+        pool = self.home
+        lease.bind(stream, pool.stats, view)
+        if view is None:
             self._framer.watch = _LINKED_WATCH
         else:
             self._framer.watch = _PREPARED_WATCH
-            if self.statements is None:
+            if lease.cache is None:
                 # At least one: a pool reloaded without prepared statements still has
                 # clients from before that map theirs.
-                self.statements = ServerStatements(max(1, client.pool.server_statements_size))
-        if client.out_paused:
+                lease.cache = ServerStatements(max(1, pool.server_statements_size))
+        if blocked:
             self.transport.pauseProducing()
         if self.out_paused:
-            client.transport.pauseProducing()
+            client.stop_reading()
+        return lease
 
-    def unlink(self) -> None:
-        """Detach the client; subsequent bytes are handled by the pooler itself."""
+    def unlink(self, blocked: bool = False) -> None:
+        """Detach the client; subsequent bytes are handled by the pooler itself.
+
+        @param blocked: the client's send buffer is full, so it had stopped our reading.
+        """
         client = self.client
         if client is None:
             return
         self.client = None
+        self.lease.unbind()
         self.last_used = self.clock.seconds()
         self._framer.watch = ALL_TYPES
-        if client.out_paused:
+        if blocked:
             self.transport.resumeProducing()
         if self.out_paused:
-            client.transport.resumeProducing()
+            client.start_reading()
 
     # -- session state
 
@@ -312,10 +317,11 @@ class ServerConnection(PeerProducer, Protocol):
 
     def _statements_dropped(self, client) -> None:
         """The server dropped every prepared statement: so did the client, from its view."""
-        if self.statements is not None:
-            self.statements.clear()
-        if client is not None and client.statements is not None:
-            client.statements.clear()
+        lease = self.lease
+        if lease.cache is not None:
+            lease.cache.clear()
+        if lease.view is not None:
+            lease.view.clear()
 
     def _parameter(self, body: bytes) -> tuple:
         name, value = m.parse_parameter_status(body)
@@ -334,16 +340,20 @@ class ServerConnection(PeerProducer, Protocol):
 
     def needs_cleanup(self) -> bool:
         """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind."""
-        return self.tx_status != b"I" or self.dirty_set or self.dirty_prepare or self.dirty_cursor
+        return self.lease.tx_status != b"I" or self.dirty_set or self.dirty_prepare or self.dirty_cursor
 
-    def is_clean_boundary(self) -> bool:
-        """True if every request was answered and nothing is half-sent: safe to reuse."""
-        return self.usable and self.pending == 0 and self.at_ready
+    def in_sync(self, wanted: frozenset) -> bool:
+        """True if this server's session parameters are already C{wanted}'s."""
+        return self.synced == wanted
+
+    def reusable(self) -> bool:
+        """True if another client may have this server as it stands (L{Lease.reusable})."""
+        return self.usable and self.lease.reusable()
 
     def cleanup(self) -> Deferred:
         """Run PgDoorman's checkin reset: ROLLBACK, RESET ROLE/ALL, DEALLOCATE ALL, CLOSE ALL."""
         parts = []
-        if self.tx_status != b"I":
+        if self.lease.tx_status != b"I":
             parts.append("ROLLBACK")
         if self.dirty_set:
             parts += ["RESET ROLE", "RESET ALL"]
@@ -356,8 +366,8 @@ class ServerConnection(PeerProducer, Protocol):
         return d
 
     def _cleaned(self, _, reset_all: bool) -> None:
-        if self.dirty_prepare and self.statements is not None:
-            self.statements.clear()
+        if self.dirty_prepare and self.lease.cache is not None:
+            self.lease.cache.clear()
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
         if reset_all:
             # Parameters set for clients are gone too; ParameterStatus already reported
@@ -399,7 +409,7 @@ class ServerConnection(PeerProducer, Protocol):
         assert self.client is None and self._internal is None
         self._internal = Deferred()
         self._internal_error = None
-        self.pending += 1
+        self.lease.sent_internal()
         self.write(m.query(sql))
         return self._internal
 
@@ -427,11 +437,7 @@ class ServerConnection(PeerProducer, Protocol):
 
     def _idle_message(self, mtype: int, body: bytes) -> None:
         if mtype == READY_FOR_QUERY:
-            self.tx_status = body
-            if self.pending:
-                self.pending -= 1
-                self.answered += 1
-            self.at_ready = True
+            self.lease.ready(body, True)
             d, self._internal = self._internal, None
             if d is not None:
                 if self._internal_error is not None:
@@ -439,7 +445,7 @@ class ServerConnection(PeerProducer, Protocol):
                 else:
                     d.callback(self)
             return
-        self.at_ready = False
+        self.lease.at_ready = False
         if mtype == ERROR_RESPONSE:
             error = PgError.from_fields(m.parse_error_fields(body))
             if error.severity in ("FATAL", "PANIC") or self._internal is None:
@@ -461,9 +467,9 @@ class ServerConnection(PeerProducer, Protocol):
         login, self._login = self._login, None
         self.params = login.params
         self.backend_pid, self.backend_key = login.backend_pid, login.backend_key
-        self.tx_status = login.tx_status
+        self.lease.tx_status = login.tx_status
+        self.lease.at_ready = True
         self._logged_in = True
-        self.at_ready = True
         self.ready.callback(self)
         if rest:
             self._unlinked(rest)

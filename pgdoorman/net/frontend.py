@@ -13,6 +13,7 @@ import secrets
 
 from twisted.internet.protocol import Factory, Protocol
 
+from ..admin.session import AdminSession
 from ..loglevel import logger
 from ..pool.pool import PoolClosed, PoolTimeout
 from ..protocol import messages as m
@@ -35,6 +36,7 @@ from ..protocol.constants import (
 from ..protocol.errors import PgError
 from ..protocol.framing import ALL_TYPES, Framer
 from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started
+from ..session.lease import ClientStream, Lease
 from ..session.parameters import wanted_from_startup, with_change
 from ..session.prepared import PARSE as PARSE_ITEM
 from ..session.prepared import REQUESTS, REWRITTEN, ClientStatements, render
@@ -70,21 +72,6 @@ LOGGING_IN, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(7)
 #: SHOW CLIENTS state of each phase.
 _STATES = {IDLE: "idle", LINKED: "active", ADMIN: "active", WAITING: "waiting", LOGIN: "waiting"}
 
-#: What the admin console reports about itself at login, like PgBouncer's.
-_ADMIN_PARAMETERS = b"".join(
-    m.parameter_status(k, v)
-    for k, v in (
-        ("server_version", "15.0 (pgdoorman)"),
-        ("server_encoding", "UTF8"),
-        ("client_encoding", "UTF8"),
-        ("DateStyle", "ISO, MDY"),
-        ("integer_datetimes", "on"),
-        ("standard_conforming_strings", "on"),
-        ("application_name", ""),
-    )
-)
-
-
 class ClientConnection(PeerProducer, Protocol):
     """One application connection.
 
@@ -110,14 +97,13 @@ class ClientConnection(PeerProducer, Protocol):
         self.transaction_mode = False
         self.wanted: frozenset = frozenset()
         self.out_paused = False
-        self.copy_in = False
+        self.stream = ClientStream()
+        self.lease: "Lease | None" = None
         self.clock = factory.registry.clock
         self.connected_at = self.clock.seconds()
-        self.xact_count = 0
-        self.query_count = 0
-        self.error_count = 0
         self.since = self.connected_at
         self.admin = False
+        self._admin: "AdminSession | None" = None
         self._login = ClientLogin(factory.registry.account)
         self._framer = None
         self._waiting = False
@@ -126,7 +112,6 @@ class ClientConnection(PeerProducer, Protocol):
         self._held: list = []
         self._held_bytes = 0
         self._held_requests = 0
-        self._unsynced = False
         self.statements: "ClientStatements | None" = None
         self._carry = b""
         self._paused = False
@@ -175,24 +160,23 @@ class ClientConnection(PeerProducer, Protocol):
                     if self.statements is not None and data[5] in _DEALLOCATE_FIRST:
                         if self._deallocate(data):
                             return
-                    self._unsynced = False
-                    self._requests(self.server, 1)
-                elif self.statements is not None:
+                    self.stream.batch_open = False
+                    self.lease.forward(len(data), 1)
+                    self.server.write(data)
+                    return
+                if self.statements is not None:
                     items, requests = self._prepared_events(data, self._framer.feed(data))
                     if items:
-                        self._send(self.server, items, requests)
+                        self._send(items, requests)
                     return
-                else:
-                    events = self._framer.feed(data)
-                    if events:
-                        data, requests = self._client_events(data, events)
-                        self._send(self.server, data, requests)
-                        return
-                server = self.server
-                n = len(data)
-                self.pool.stats.received += n
-                server.bytes_sent += n
-                server.write(data)
+                events = self._framer.feed(data)
+                self.stream.partial = not self._framer.at_boundary
+                if events:
+                    data, requests = self._client_events(data, events)
+                    self._send(data, requests)
+                    return
+                self.lease.forward(len(data), 0)
+                self.server.write(data)
                 return
             if self.phase == LOGGING_IN:
                 self._login_phase(data)
@@ -222,9 +206,10 @@ class ClientConnection(PeerProducer, Protocol):
             self.pool.cancel_wait(self)
         server = self.server
         if server is not None:
-            self.server = None
-            server.unlink()
-            if server.is_clean_boundary() and not self._unsynced and not server.expect:
+            self.server = self.lease = None
+            reusable = server.reusable()
+            server.unlink(self.out_paused)
+            if reusable:
                 self.pool.release(server)
             else:
                 self.pool.discard(server)
@@ -280,29 +265,12 @@ class ClientConnection(PeerProducer, Protocol):
                 self.send_error(error.to_message())
 
     def _admin_phase(self, data: bytes) -> None:
-        """The admin console speaks the simple query protocol only. Extended-protocol
-        messages get one error, then are skipped up to Sync, as PostgreSQL skips after an
-        error, so the connection stays usable."""
-        for mtype, body, _ in self._framer.feed(data):
-            if self.phase != ADMIN:
-                return
-            if mtype == QUERY:
-                sql = body[:-1].decode("utf-8", "replace") if body.endswith(b"\x00") else ""
-                self.write(self.factory.console.execute(sql))
-            elif mtype == TERMINATE:
-                self.phase = CLOSED
-                self.close()
-            elif mtype == SYNC:
-                self._admin_skip = False
-                self.write(m.READY_IDLE)
-            elif not self._admin_skip:
-                self._admin_skip = True
-                self.write(
-                    m.error_response(
-                        SQLSTATE.FEATURE_NOT_SUPPORTED,
-                        "the admin console supports only the simple query protocol",
-                    )
-                )
+        answer, done = self._admin.receive(data)
+        if answer:
+            self.write(answer)
+        if done and self.phase == ADMIN:
+            self.phase = CLOSED
+            self.close()
 
     def _authenticated(self, login: LoggedIn) -> None:
         """The client proved its password: open the admin console, or join the pool."""
@@ -313,9 +281,8 @@ class ClientConnection(PeerProducer, Protocol):
         if login.admin:
             self.admin = True
             self.phase = ADMIN
-            self._admin_skip = False
-            self._framer = Framer(ALL_TYPES)
-            self.write(_ADMIN_PARAMETERS + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
+            self._admin = AdminSession(self.factory.console)
+            self.write(self._admin.welcome(self.id, self.key))
             if login.rest:
                 self._admin_phase(login.rest)
             return
@@ -327,7 +294,7 @@ class ClientConnection(PeerProducer, Protocol):
         if login.client_key is not None:
             registry.learn_client_key(self.database, self.user, login.client_key)
         self.pool_config, self.user_config = found
-        self.transaction_mode = self.user_config.pool_mode == "transaction"
+        self.transaction_mode = self.stream.transaction_mode = self.user_config.pool_mode == "transaction"
         if login.rest:
             # A client that pipelines its first query behind the password: keep it.
             self._held.append(login.rest)
@@ -348,7 +315,7 @@ class ClientConnection(PeerProducer, Protocol):
         self._ready(server.parameter_messages())
         if self.transaction_mode:
             self.phase = IDLE
-            server.unlink()
+            server.unlink(self.out_paused)
             self.server = None
             self.pool.release(server)
         else:
@@ -434,7 +401,7 @@ class ClientConnection(PeerProducer, Protocol):
             self.pool.release(server)
             return
         self.server = server
-        server.link(self)
+        self.lease = server.link(self, self.stream, self.statements, self.out_paused)
         if then is not None:
             then(server)
         else:
@@ -471,7 +438,7 @@ class ClientConnection(PeerProducer, Protocol):
         if self._framer.single(data) == QUERY:
             if self.statements is not None and data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
                 return
-            self._unsynced = False
+            self.stream.batch_open = False
             payload = data
             requests = 1
         elif self.statements is not None:
@@ -483,6 +450,7 @@ class ClientConnection(PeerProducer, Protocol):
         else:
             requests = 0
             events = self._framer.feed(data)
+            self.stream.partial = not self._framer.at_boundary
             if events:
                 data, requests = self._client_events(data, events)
                 if self.phase == CLOSED:
@@ -494,11 +462,11 @@ class ClientConnection(PeerProducer, Protocol):
             # The usual start of a transaction: an idle server already set up for us.
             server = self.pool.try_lease()
             if server is not None:
-                if server.synced == self.wanted:
+                if server.in_sync(self.wanted):
                     self.server = server
-                    server.link(self)
+                    self.lease = server.link(self, self.stream, self.statements, self.out_paused)
                     self.phase = LINKED
-                    self._send(server, payload, requests)
+                    self._send(payload, requests)
                     return
                 self.phase = WAITING
                 self._keep(data, payload, requests)
@@ -540,18 +508,15 @@ class ClientConnection(PeerProducer, Protocol):
         self.write(b"".join(answer))
         return True
 
-    def _send(self, server, payload, requests: int) -> None:
-        """Send C{payload} (bytes, or items to render for this server) and count its
-        C{requests}."""
+    def _send(self, payload, requests: int) -> None:
+        """Send the linked server C{payload} (bytes, or items to render for it) and count
+        its C{requests}."""
+        lease = self.lease
         if type(payload) is list:
-            payload = render(payload, server)
-        if requests:
-            self._requests(server, requests)
-        n = len(payload)
-        if n:
-            self.pool.stats.received += n
-            server.bytes_sent += n
-            server.write(payload)
+            payload = render(payload, lease)
+        lease.forward(len(payload), requests)
+        if payload:
+            self.server.write(payload)
 
     def _prepared_events(self, data: bytes, events: list) -> tuple:
         """Cut a chunk into raw runs and the Parse/Bind/Describe/Close messages to map, with
@@ -563,6 +528,8 @@ class ClientConnection(PeerProducer, Protocol):
         carry = self._carry
         c = len(carry)
         framer = self._framer
+        stream = self.stream
+        stream.partial = not framer.at_boundary
         cut = c + len(data) - framer.held
         items: list = []
         requests = 0
@@ -571,7 +538,7 @@ class ClientConnection(PeerProducer, Protocol):
             end += c
             if body is None:
                 if mtype in _REQUESTS:
-                    self._unsynced = False
+                    stream.batch_open = False
                     requests += 1
                     if end > cut:
                         end = cut
@@ -580,9 +547,9 @@ class ClientConnection(PeerProducer, Protocol):
                         pos = end
                     items.append(_ONE_REQUEST)
                 elif mtype in _BATCH:
-                    self._unsynced = True
+                    stream.batch_open = True
                 elif mtype == COPY_DONE or mtype == COPY_FAIL:
-                    self.copy_in = False
+                    stream.copy_in = False
                 continue
             if mtype == TERMINATE:
                 start = end - 5
@@ -593,7 +560,7 @@ class ClientConnection(PeerProducer, Protocol):
                 self.close()
                 self._carry = b""
                 return items, requests
-            self._unsynced = True
+            stream.batch_open = True
             item = self.statements.translate(mtype, body)
             if item is not None:
                 start = end - 5 - len(body)
@@ -624,16 +591,16 @@ class ClientConnection(PeerProducer, Protocol):
             name = name.lower()
             if name == b"all":
                 return False
-        server = self.server
-        if server is None:
+        lease = self.lease
+        if lease is None:
             quiet = self.phase == IDLE and not self._held
         else:
-            quiet = not server.pending
-        if not quiet or self._unsynced or name not in self.statements.named:
+            quiet = not lease.owed
+        if not quiet or self.stream.batch_open or name not in self.statements.named:
             return False
         self.statements.deallocate(name)
-        status = server.tx_status if server is not None else b"I"
-        self.query_count += 1
+        status = lease.tx_status if lease is not None else b"I"
+        self.stream.queries += 1
         self.write(m.command_complete("DEALLOCATE") + m.ready_for_query(status))
         return True
 
@@ -645,27 +612,16 @@ class ClientConnection(PeerProducer, Protocol):
             self._paused = False
             self.transport.resumeProducing()
         if held:
-            self._send(self.server, held if self.statements is not None else b"".join(held), requests)
-
-    def _requests(self, server, count: int) -> None:
-        """C{count} requests go to C{server}: start the query (and transaction) clocks if it
-        was waiting for none, and count them."""
-        if not server.pending:
-            server.query_started = now = self.clock.seconds()
-            if server.tx_status == b"I":
-                server.xact_started = now
-        server.pending += count
-        server.query_count += count
-        self.query_count += count
-        self.pool.stats.query_count += count
+            self._send(held if self.statements is not None else b"".join(held), requests)
 
     def _client_events(self, data: bytes, events: list) -> tuple:
         """Note batches and COPY ends in C{data}: (what should go on, all of it or up to
         Terminate; how many requests it holds)."""
         requests = 0
+        stream = self.stream
         for mtype, _, end in events:
             if mtype in _REQUESTS:
-                self._unsynced = False
+                stream.batch_open = False
                 requests += 1
             elif mtype == TERMINATE:
                 # Terminate is ours to act on: the server stays open for the next client.
@@ -673,9 +629,9 @@ class ClientConnection(PeerProducer, Protocol):
                 self.close()
                 return data[: end - 5], requests
             elif mtype in _BATCH:
-                self._unsynced = True
+                stream.batch_open = True
             elif mtype == COPY_DONE or mtype == COPY_FAIL:
-                self.copy_in = False
+                stream.copy_in = False
         return data, requests
 
     # -- called by the linked server
@@ -684,39 +640,20 @@ class ClientConnection(PeerProducer, Protocol):
         """The client changed a tracked parameter (its SET was reported): carry it along."""
         self.wanted = with_change(self.wanted, name, value)
 
-    def requests_done(self, server) -> bool:
-        """The server answered every request sent so far (its ReadyForQuery just arrived):
-        count the query, and the transaction if it ended. Returns True if the server should
-        now go back to the pool (transaction mode, transaction over, no batch open, no
-        CopyDone owed, our stream at a message boundary)."""
-        now = self.clock.seconds()
-        stats = self.pool.stats
-        elapsed = now - server.query_started
-        stats.query_time += elapsed
-        stats.query_times.append(elapsed)
-        if server.tx_status != b"I":
-            return False
-        elapsed = now - server.xact_started
-        stats.xact_count += 1
-        stats.xact_time += elapsed
-        stats.xact_times.append(elapsed)
-        self.xact_count += 1
-        server.xact_count += 1
-        return self.transaction_mode and not self._unsynced and not self.copy_in and self._framer.at_boundary
-
     def release_server(self) -> None:
-        """Unlink the server and return it to the pool."""
+        """The lease ended (L{Lease.ready} said so): unlink the server and return it."""
         server = self.server
-        self.server = None
+        self.server = self.lease = None
         self.phase = IDLE
-        server.unlink()
+        server.unlink(self.out_paused)
         self.pool.release(server)
 
-    def server_lost(self, server) -> None:
-        """The linked server closed: tell the client (unless the server already did) and close."""
-        self.server = None
+    def server_lost(self, server, told: bool) -> None:
+        """The linked server closed: tell the client (unless PostgreSQL's own FATAL was
+        forwarded already, C{told}) and close."""
+        self.server = self.lease = None
         self.pool.discard(server)
-        if not server.fatal_forwarded:
+        if not told:
             self.fatal(SQLSTATE.CONNECTION_FAILURE, "server closed the connection unexpectedly")
         else:
             self.phase = CLOSED

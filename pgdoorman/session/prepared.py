@@ -14,10 +14,10 @@ would have skipped the Parse), and the pooler turns that answer into a ParseComp
 position of every answer the pooler adds or changes is PostgreSQL's own, whatever the client
 pipelines.
 
-Each server keeps an C{expect} queue of those answers (ParseComplete and CloseComplete
-only, in send order), each tagged with the number of the Sync group it belongs to; an
-ErrorResponse makes the server skip the rest of its group, so the queued entries of that
-group are dropped and what they assumed is rolled back.
+Each server's lease (L{pgdoorman.session.lease.Lease}) keeps an C{expect} queue of those
+answers (ParseComplete and CloseComplete only, in send order), each tagged with the number
+of the Sync group it belongs to; an ErrorResponse makes the server skip the rest of its
+group, so the queued entries of that group are dropped and what they assumed is rolled back.
 """
 
 import itertools
@@ -38,7 +38,6 @@ __all__ = [
     "Statement",
     "interner",
     "render",
-    "skipped",
 ]
 
 _PARSE, _BIND, _DESCRIBE, _CLOSE = c.PARSE, c.BIND, c.DESCRIBE, c.CLOSE
@@ -299,15 +298,15 @@ class ClientStatements:
         return view
 
 
-def render(items: list, server) -> bytes:
-    """The bytes to send C{server} for C{items} (raw C{bytes} and tuples from
-    L{ClientStatements.translate} and request counts), bringing in the statements it lacks
-    and queueing the answers to expect."""
-    cache = server.statements
+def render(items: list, lease) -> bytes:
+    """The bytes to send the server of C{lease} (a L{pgdoorman.session.lease.Lease}) for
+    C{items} (raw C{bytes} and tuples from L{ClientStatements.translate} and request
+    counts), bringing in the statements it lacks and queueing the answers to expect."""
+    cache = lease.cache
     names = cache.names
     pinned = cache.pinned
-    expect = server.expect
-    group = server.answered + server.pending
+    expect = lease.expect
+    group = lease.answered + lease.owed
     out = []
     for item in items:
         if type(item) is bytes:
@@ -357,17 +356,3 @@ def _evict(cache: ServerStatements, group: int, out: list, expect: deque) -> boo
             expect.append((group, SWALLOW_CLOSE, victim, None))
             return True
     return False
-
-
-def skipped(server, client, before: int) -> None:
-    """Drop the expected answers of Sync groups below C{before}: PostgreSQL skipped their
-    messages after an error (or they were never answered), so undo what they assumed."""
-    expect = server.expect
-    while expect and expect[0][0] < before:
-        _, code, statement, name = expect.popleft()
-        if code == PASS_PARSE or code == SWALLOW_PARSE:
-            server.statements.discard(statement)
-            if code == PASS_PARSE and client is not None and client.statements is not None:
-                client.statements.forget(name, statement)
-        elif code == SWALLOW_CLOSE:
-            server.statements.restore(statement)

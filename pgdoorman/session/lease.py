@@ -1,0 +1,207 @@
+# -*- test-case-name: tests.test_session_lease -*-
+"""A lease: one client linked to one server, and the one rule for when the server may go.
+
+Each server connection owns one L{Lease} for its whole life (nothing is allocated per
+transaction); linking a client binds the client's L{ClientStream} and its pool's statistics
+to it. The client's adapter reports what it sends (L{Lease.forward}), the server's adapter what
+comes back (L{Lease.ready}, L{Lease.failed}); neither reads the other's state. Every counter
+has one owner, named where it is declared.
+"""
+
+from collections import deque
+
+from .prepared import PASS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE
+
+__all__ = ["ClientStream", "Counters", "Lease"]
+
+
+class Counters:
+    """What SHOW CLIENTS or SHOW SERVERS counts for one connection, kept by the leases it
+    takes part in."""
+
+    __slots__ = ("xacts", "queries", "errors", "bytes_sent")
+
+    def __init__(self) -> None:
+        self.xacts = 0
+        self.queries = 0
+        self.errors = 0
+        #: Bytes the pooler sent on this connection on a client's behalf.
+        self.bytes_sent = 0
+
+
+class ClientStream(Counters):
+    """The state of one client's own stream, kept across its leases.
+
+    @ivar batch_open: extended-protocol messages were sent since the last Sync (written by
+        the client's adapter only).
+    @ivar copy_in: the client owes CopyDone or CopyFail (set by the lease when PostgreSQL
+        starts a COPY FROM STDIN, cleared by the client's adapter when it sees the end).
+    @ivar partial: the client's bytes so far stop inside a message (client's adapter).
+    @ivar transaction_mode: its server goes back to the pool at the end of each transaction.
+    """
+
+    __slots__ = ("batch_open", "copy_in", "partial", "transaction_mode")
+
+    def __init__(self, transaction_mode: bool = False) -> None:
+        super().__init__()
+        self.batch_open = False
+        self.copy_in = False
+        self.partial = False
+        self.transaction_mode = transaction_mode
+
+
+class Lease:
+    """The request bookkeeping of one server connection and of the client linked to it.
+
+    @param counters: the server's L{Counters}.
+    @param now: returns the clock time, for query and transaction durations.
+    @ivar owed: requests (Query, Sync, FunctionCall) sent to the server and not yet answered
+        by ReadyForQuery; raised by L{forward} and L{sent_internal}, lowered by L{ready}.
+    @ivar answered: ReadyForQuery answers of the server's whole life: the Sync-group tag of
+        the expected prepared-statement answers.
+    @ivar expect: the ParseComplete/CloseComplete answers in flight, oldest first, each
+        C{(group, code, statement, name)} (L{pgdoorman.session.prepared}).
+    @ivar tx_status: the transaction status of the server's last ReadyForQuery.
+    @ivar at_ready: the server's bytes so far end right after a ReadyForQuery.
+    @ivar stream: the bound client's L{ClientStream}, or C{None} while the server is in
+        its pool.
+    @ivar view: the bound client's L{pgdoorman.session.prepared.ClientStatements}, or C{None}.
+    @ivar cache: the server's L{pgdoorman.session.prepared.ServerStatements}, or C{None}.
+    """
+
+    __slots__ = (
+        "owed",
+        "answered",
+        "expect",
+        "tx_status",
+        "at_ready",
+        "stream",
+        "view",
+        "cache",
+        "stats",
+        "query_started",
+        "xact_started",
+        "counters",
+        "now",
+    )
+
+    def __init__(self, counters: Counters, now) -> None:
+        self.counters = counters
+        self.now = now
+        self.owed = 0
+        self.answered = 0
+        self.expect: deque = deque()
+        self.tx_status = b"I"
+        self.at_ready = False
+        self.stream: "ClientStream | None" = None
+        self.view = None
+        self.cache = None
+        self.stats = None
+        self.query_started = self.xact_started = 0.0
+
+    def bind(self, stream: ClientStream, stats, view=None) -> None:
+        """A client is linked: its stream, its pool's L{pgdoorman.pool.stats.PoolStats} and
+        its statements."""
+        self.stream = stream
+        self.stats = stats
+        self.view = view
+
+    def unbind(self) -> None:
+        """The client is unlinked."""
+        self.stream = None
+        self.view = None
+
+    def forward(self, size: int, requests: int) -> None:
+        """The client's adapter sent the server C{size} bytes holding C{requests} requests
+        (Query, Sync, FunctionCall): count them, and start the query (and transaction)
+        clocks if nothing was owed."""
+        self.stats.received += size
+        self.counters.bytes_sent += size
+        if not requests:
+            return
+        if not self.owed:
+            self.query_started = now = self.now()
+            if self.tx_status == b"I":
+                self.xact_started = now
+        self.owed += requests
+        self.counters.queries += requests
+        self.stream.queries += requests
+        self.stats.query_count += requests
+
+    def sent_internal(self) -> None:
+        """The pooler sent a query of its own (check-in cleanup, parameter sync, probe)."""
+        self.owed += 1
+
+    def ready(self, status: bytes, at_end: bool) -> bool:
+        """A ReadyForQuery arrived (C{at_end}: nothing follows it in this chunk).
+
+        @return: True if the server goes back to the pool now: transaction mode, every
+            request answered, the transaction over, no batch open, no CopyDone owed, and
+            the client's stream at a message boundary.
+        """
+        self.tx_status = status
+        self.at_ready = at_end
+        if not self.owed:
+            return False
+        self.owed -= 1
+        self.answered += 1
+        if self.expect:
+            self.skipped(self.answered)
+        if self.owed or self.stream is None:
+            return False
+        now = self.now()
+        stats = self.stats
+        elapsed = now - self.query_started
+        stats.query_time += elapsed
+        stats.query_times.append(elapsed)
+        if status != b"I":
+            return False
+        elapsed = now - self.xact_started
+        stats.xact_count += 1
+        stats.xact_time += elapsed
+        stats.xact_times.append(elapsed)
+        stream = self.stream
+        stream.xacts += 1
+        self.counters.xacts += 1
+        return stream.transaction_mode and not stream.batch_open and not stream.copy_in and not stream.partial
+
+    def failed(self) -> None:
+        """An ErrorResponse arrived for the bound client: count it, and drop the expected
+        answers of its Sync group (PostgreSQL skips the rest of the group)."""
+        self.stream.errors += 1
+        self.stats.errors += 1
+        if self.expect:
+            self.skipped(self.answered + 1)
+
+    def copy_started(self) -> None:
+        """PostgreSQL started a COPY FROM STDIN: the client owes CopyDone or CopyFail, even
+        if the server gives up first."""
+        self.stream.copy_in = True
+
+    def reusable(self) -> bool:
+        """True if another client may use the server as it stands: every request answered,
+        nothing half-sent by the server or by the client, no prepared-statement answer
+        outstanding. The one rule, for the end of a transaction and for a client that
+        leaves."""
+        stream = self.stream
+        return (
+            not self.owed
+            and self.at_ready
+            and not self.expect
+            and (stream is None or (not stream.batch_open and not stream.partial))
+        )
+
+    def skipped(self, before: int) -> None:
+        """Drop the expected answers of Sync groups below C{before}: PostgreSQL skipped their
+        messages after an error (or they were never answered), so undo what they assumed:
+        the server holds no statement whose Parse was skipped, still holds one whose
+        eviction's Close was skipped, and the client has no name whose Parse failed."""
+        expect = self.expect
+        while expect and expect[0][0] < before:
+            _, code, statement, name = expect.popleft()
+            if code == PASS_PARSE or code == SWALLOW_PARSE:
+                self.cache.discard(statement)
+                if code == PASS_PARSE and self.view is not None:
+                    self.view.forget(name, statement)
+            elif code == SWALLOW_CLOSE:
+                self.cache.restore(statement)
