@@ -283,6 +283,35 @@ class SessionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.server.pool_state, "idle")
 
 
+class SplitTerminateTests(LinkTestMixin, SynchronousTestCase):
+    """A Terminate split across chunks never reaches the server, whose stream stays clean."""
+
+    mode = "session"
+
+    def test_terminate_byte_by_byte(self):
+        """The server sees the query and nothing of the Terminate; it goes back to the pool
+        idle, reusable by the next client."""
+        self.client.dataReceived(m.query("select 1"))
+        self.answer(ANSWER)
+        self.server_transport.clear()
+        for i in range(len(m.TERMINATE)):
+            self.client.dataReceived(m.TERMINATE[i : i + 1])
+        self.assertEqual(self.server_transport.value(), b"")
+        self.client.connectionLost(None)
+        self.assertEqual(self.server.pool_state, "idle")
+
+    def test_split_query_header(self):
+        """A Query whose header is split reaches the server whole, once its type is known."""
+        query = m.query("select 1")
+        self.client.dataReceived(m.query("select 0"))
+        self.answer(ANSWER)
+        self.server_transport.clear()
+        self.client.dataReceived(query[:3])
+        self.assertEqual(self.server_transport.value(), b"")
+        self.client.dataReceived(query[3:])
+        self.assertEqual(self.server_transport.value(), query)
+
+
 class MaxConnectionsTests(SynchronousTestCase):
     """max_connections refuses further clients with PgDoorman's 53300."""
 

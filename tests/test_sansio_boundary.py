@@ -66,6 +66,7 @@ class SansIOBoundaryTests(SynchronousTestCase):
             "pgdoorman.protocol.messages",
             "pgdoorman.config.schema",
             "pgdoorman.config.loader",
+            "pgdoorman.session.client_input",
             "pgdoorman.session.client_login",
             "pgdoorman.session.lease",
             "pgdoorman.session.parameters",

@@ -8,7 +8,6 @@ at the first message of a transaction and released at ReadyForQuery C{I} once ev
 the client sent has been answered.
 """
 
-import re
 import secrets
 
 from twisted.internet.protocol import Factory, Protocol
@@ -17,52 +16,25 @@ from ..admin.session import AdminSession
 from ..loglevel import logger
 from ..pool.pool import PoolClosed, PoolTimeout
 from ..protocol import messages as m
-from ..protocol.constants import (
-    BIND,
-    CLOSE,
-    COPY_DATA,
-    COPY_DONE,
-    COPY_FAIL,
-    DESCRIBE,
-    EXECUTE,
-    FLUSH,
-    FUNCTION_CALL,
-    PARSE,
-    QUERY,
-    SQLSTATE,
-    SYNC,
-    TERMINATE,
-)
+from ..protocol.constants import QUERY, SQLSTATE
 from ..protocol.errors import PgError
-from ..protocol.framing import ALL_TYPES, Framer
+from ..session.client_input import (
+    DEALLOCATE_FIRST,
+    ONE_REQUEST,
+    ClientInput,
+    deallocate_name,
+    prepare_only_answer,
+)
 from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started
 from ..session.lease import ClientStream, Lease
 from ..session.parameters import wanted_from_startup, with_change
-from ..session.prepared import PARSE as PARSE_ITEM
-from ..session.prepared import REQUESTS, REWRITTEN, ClientStatements, render
+from ..session.prepared import ClientStatements, render
 from ..session.state import ClientState
 from .backend import PeerProducer
 from .fastwrite import eager_writer
 from .sockopts import apply_socket_options
 
 __all__ = ["ClientConnection", "ClientFactory"]
-
-#: Requests that each get exactly one ReadyForQuery back.
-_REQUESTS = frozenset((QUERY, SYNC, FUNCTION_CALL))
-#: Extended-protocol messages that are part of a batch until the next Sync.
-_BATCH = frozenset((PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, FLUSH))
-#: Every client message type except CopyData, whose per-row volume would cost too much.
-_CLIENT_PEEK = ALL_TYPES - {COPY_DATA, TERMINATE}
-_CLIENT_WATCH = frozenset((TERMINATE,))
-#: With prepared statements mapped: Parse, Bind, Describe and Close are read whole. A Bind
-#: is as large as its parameters; PostgreSQL's own limit for one message is 1 GB.
-_PREPARED_WATCH = _CLIENT_WATCH | REWRITTEN
-_PREPARED_PEEK = _CLIENT_PEEK - REWRITTEN
-_PREPARED_MAX_BODY = 1 << 30
-_ONE_REQUEST = (REQUESTS, 1)
-#: SQL DEALLOCATE of one of the client's protocol-level statement names.
-_DEALLOCATE = re.compile(rb'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;"]+)\s*;?\s*\x00\Z', re.I)
-_DEALLOCATE_FIRST = frozenset(b" \t\n\r\x0bdD")
 
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 _HELD_CAP = 256 * 1024
@@ -71,6 +43,7 @@ LOGGING_IN, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(7)
 
 #: SHOW CLIENTS state of each phase.
 _STATES = {IDLE: "idle", LINKED: "active", ADMIN: "active", WAITING: "waiting", LOGIN: "waiting"}
+
 
 class ClientConnection(PeerProducer, Protocol):
     """One application connection.
@@ -113,7 +86,7 @@ class ClientConnection(PeerProducer, Protocol):
         self._held_bytes = 0
         self._held_requests = 0
         self.statements: "ClientStatements | None" = None
-        self._carry = b""
+        self._input: "ClientInput | None" = None
         self._paused = False
 
     def __repr__(self) -> str:
@@ -157,26 +130,18 @@ class ClientConnection(PeerProducer, Protocol):
         try:
             if self.phase == LINKED:
                 if self._framer.single(data) == QUERY:
-                    if self.statements is not None and data[5] in _DEALLOCATE_FIRST:
+                    if self.statements is not None and data[5] in DEALLOCATE_FIRST:
                         if self._deallocate(data):
                             return
                     self.stream.batch_open = False
                     self.lease.forward(len(data), 1)
                     self.server.write(data)
                     return
-                if self.statements is not None:
-                    items, requests = self._prepared_events(data, self._framer.feed(data))
-                    if items:
-                        self._send(items, requests)
-                    return
-                events = self._framer.feed(data)
-                self.stream.partial = not self._framer.at_boundary
-                if events:
-                    data, requests = self._client_events(data, events)
-                    self._send(data, requests)
-                    return
-                self.lease.forward(len(data), 0)
-                self.server.write(data)
+                payload, requests, terminated = self._input.feed(data)
+                if payload:
+                    self._send(payload, requests)
+                if terminated:
+                    self._terminated()
                 return
             if self.phase == LOGGING_IN:
                 self._login_phase(data)
@@ -338,9 +303,8 @@ class ClientConnection(PeerProducer, Protocol):
         """Start reading queries, with what the client pipelined behind its login first."""
         if self.transaction_mode and self.pool.statements is not None:
             self.statements = ClientStatements(self.pool.statements)
-            self._framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK)
-        else:
-            self._framer = Framer(_CLIENT_WATCH, peek=_CLIENT_PEEK)
+        self._input = ClientInput(self.stream, self.statements)
+        self._framer = self._input.framer
         held, self._held = self._held, []
         for data in held:
             self.dataReceived(data)
@@ -436,28 +400,25 @@ class ClientConnection(PeerProducer, Protocol):
         With prepared statements mapped, what is kept are items to render for whichever
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
         if self._framer.single(data) == QUERY:
-            if self.statements is not None and data[5] in _DEALLOCATE_FIRST and self._deallocate(data):
+            if self.statements is not None and data[5] in DEALLOCATE_FIRST and self._deallocate(data):
                 return
             self.stream.batch_open = False
             payload = data
             requests = 1
-        elif self.statements is not None:
-            payload, requests = self._prepared_events(data, self._framer.feed(data))
-            if self.phase == CLOSED or not payload:
-                return
-            if self.phase == IDLE and not self._held and self._prepare_only(payload):
-                return
         else:
-            requests = 0
-            events = self._framer.feed(data)
-            self.stream.partial = not self._framer.at_boundary
-            if events:
-                data, requests = self._client_events(data, events)
-                if self.phase == CLOSED:
-                    return
-            if not data:
+            payload, requests, terminated = self._input.feed(data)
+            if terminated:
+                # What came before Terminate has no server to go to: a client that leaves
+                # while it waits is not served.
+                self._terminated()
                 return
-            payload = data
+            if not payload:
+                return
+            if self.statements is not None and self.phase == IDLE and not self._held:
+                answer = prepare_only_answer(payload)
+                if answer is not None:
+                    self.write(answer)
+                    return
         if self.phase == IDLE and not self._held and not self.pool.closed:
             # The usual start of a transaction: an idle server already set up for us.
             server = self.pool.try_lease()
@@ -484,29 +445,11 @@ class ClientConnection(PeerProducer, Protocol):
         if type(payload) is list:
             self._held += payload
         elif self.statements is not None:
-            self._held += (payload, _ONE_REQUEST)
+            self._held += (payload, ONE_REQUEST)
         else:
             self._held.append(payload)
         self._held_requests += requests
         self._held_bytes += len(data)
-
-    def _prepare_only(self, items: list) -> bool:
-        """Answer Parse and Sync alone (libpq's PQprepare) without a server: the statement
-        reaches a server with the first Bind or Describe that needs it. Besides saving a
-        round trip, this keeps a synchronous prepare from waiting on a full pool while its
-        own thread holds a server in a transaction (pgbench -M prepared does that)."""
-        if type(items[0]) is not tuple or items[0][0] != PARSE_ITEM:
-            return False
-        answer = []
-        for item in items:
-            if item is _ONE_REQUEST:
-                answer.append(m.READY_IDLE)
-            elif type(item) is tuple and item[0] == PARSE_ITEM:
-                answer.append(m.PARSE_COMPLETE)
-            elif item != m.SYNC:
-                return False
-        self.write(b"".join(answer))
-        return True
 
     def _send(self, payload, requests: int) -> None:
         """Send the linked server C{payload} (bytes, or items to render for it) and count
@@ -518,79 +461,13 @@ class ClientConnection(PeerProducer, Protocol):
         if payload:
             self.server.write(payload)
 
-    def _prepared_events(self, data: bytes, events: list) -> tuple:
-        """Cut a chunk into raw runs and the Parse/Bind/Describe/Close messages to map, with
-        markers for the requests among them: (items for L{render}, request count).
-
-        Offsets are taken in the stream made of the header bytes held back from the last
-        chunk (C{_carry}) followed by C{data}; what the framer still holds at the end (a
-        partial header, a watched message not complete yet) is not forwarded now."""
-        carry = self._carry
-        c = len(carry)
-        framer = self._framer
-        stream = self.stream
-        stream.partial = not framer.at_boundary
-        cut = c + len(data) - framer.held
-        items: list = []
-        requests = 0
-        pos = 0
-        for mtype, body, end in events:
-            end += c
-            if body is None:
-                if mtype in _REQUESTS:
-                    stream.batch_open = False
-                    requests += 1
-                    if end > cut:
-                        end = cut
-                    if end > pos:
-                        items.append(_span(carry, data, pos, end))
-                        pos = end
-                    items.append(_ONE_REQUEST)
-                elif mtype in _BATCH:
-                    stream.batch_open = True
-                elif mtype == COPY_DONE or mtype == COPY_FAIL:
-                    stream.copy_in = False
-                continue
-            if mtype == TERMINATE:
-                start = end - 5
-                if start > pos:
-                    items.append(_span(carry, data, pos, start))
-                # Terminate is ours to act on: the server stays open for the next client.
-                self.phase = CLOSED
-                self.close()
-                self._carry = b""
-                return items, requests
-            stream.batch_open = True
-            item = self.statements.translate(mtype, body)
-            if item is not None:
-                start = end - 5 - len(body)
-                if start > pos:
-                    items.append(_span(carry, data, pos, start))
-                items.append(item)
-                pos = end
-            elif pos > end - 5 - len(body):
-                # Unchanged, but its start was held back with an earlier chunk.
-                items.append(m.message(bytes((mtype,)), body))
-                pos = end
-        if cut > pos:
-            items.append(_span(carry, data, pos, cut))
-        self._carry = framer.partial_header
-        return items, requests
-
     def _deallocate(self, data: bytes) -> bool:
         """SQL C{DEALLOCATE name} of one of the client's own statement names: answered here
         (the server never knew that name) when nothing else is in flight or held, so that
         answers stay in order. True if done."""
-        match = _DEALLOCATE.match(data, 5)
-        if match is None:
+        name = deallocate_name(data)
+        if name is None:
             return False
-        name = match.group(1)
-        if name[:1] == b'"':
-            name = name[1:-1].replace(b'""', b'"')
-        else:
-            name = name.lower()
-            if name == b"all":
-                return False
         lease = self.lease
         if lease is None:
             quiet = self.phase == IDLE and not self._held
@@ -614,25 +491,10 @@ class ClientConnection(PeerProducer, Protocol):
         if held:
             self._send(held if self.statements is not None else b"".join(held), requests)
 
-    def _client_events(self, data: bytes, events: list) -> tuple:
-        """Note batches and COPY ends in C{data}: (what should go on, all of it or up to
-        Terminate; how many requests it holds)."""
-        requests = 0
-        stream = self.stream
-        for mtype, _, end in events:
-            if mtype in _REQUESTS:
-                stream.batch_open = False
-                requests += 1
-            elif mtype == TERMINATE:
-                # Terminate is ours to act on: the server stays open for the next client.
-                self.phase = CLOSED
-                self.close()
-                return data[: end - 5], requests
-            elif mtype in _BATCH:
-                stream.batch_open = True
-            elif mtype == COPY_DONE or mtype == COPY_FAIL:
-                stream.copy_in = False
-        return data, requests
+    def _terminated(self) -> None:
+        """Terminate is ours to act on: the server stays open for the next client."""
+        self.phase = CLOSED
+        self.close()
 
     # -- called by the linked server
 
@@ -658,15 +520,6 @@ class ClientConnection(PeerProducer, Protocol):
         else:
             self.phase = CLOSED
             self.close()
-
-
-def _span(carry: bytes, data: bytes, start: int, end: int) -> bytes:
-    """Bytes C{start:end} of C{carry + data}, copying only when the span reaches into
-    C{carry}."""
-    c = len(carry)
-    if start >= c:
-        return data[start - c : end - c]
-    return carry[start:] + data[: end - c]
 
 
 class ClientFactory(Factory):

@@ -1,0 +1,212 @@
+# -*- test-case-name: tests.test_session_client_input -*-
+"""What the pooler reads of a client's stream while it serves queries.
+
+A L{ClientInput} walks message headers only (the chunk received is the chunk forwarded),
+counts the requests among them, keeps the client's L{ClientStream} flags (a batch open, a
+CopyDone owed, a message half-sent) and finds Terminate, which is the pooler's to act on.
+With prepared statements mapped, it also cuts each chunk into raw runs and the Parse, Bind,
+Describe and Close messages to map (L{pgdoorman.session.prepared}).
+"""
+
+import re
+
+from ..protocol import messages as m
+from ..protocol.constants import (
+    BIND,
+    CLOSE,
+    COPY_DATA,
+    COPY_DONE,
+    COPY_FAIL,
+    DESCRIBE,
+    EXECUTE,
+    FLUSH,
+    FUNCTION_CALL,
+    PARSE,
+    QUERY,
+    SYNC,
+    TERMINATE,
+)
+from ..protocol.framing import ALL_TYPES, Framer
+from .lease import ClientStream
+from .prepared import PARSE as PARSE_ITEM
+from .prepared import REQUESTS, REWRITTEN
+
+__all__ = ["ONE_REQUEST", "ClientInput", "deallocate_name", "prepare_only_answer"]
+
+#: Requests that each get exactly one ReadyForQuery back.
+_REQUESTS = frozenset((QUERY, SYNC, FUNCTION_CALL))
+#: Extended-protocol messages that are part of a batch until the next Sync.
+_BATCH = frozenset((PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, FLUSH))
+#: Every client message type except CopyData, whose per-row volume would cost too much.
+_PEEK = ALL_TYPES - {COPY_DATA, TERMINATE}
+_WATCH = frozenset((TERMINATE,))
+#: With prepared statements mapped: Parse, Bind, Describe and Close are read whole. A Bind
+#: is as large as its parameters; PostgreSQL's own limit for one message is 1 GB.
+_PREPARED_WATCH = _WATCH | REWRITTEN
+_PREPARED_PEEK = _PEEK - REWRITTEN
+_PREPARED_MAX_BODY = 1 << 30
+
+#: The item that marks one request among raw runs (L{pgdoorman.session.prepared.render}).
+ONE_REQUEST = (REQUESTS, 1)
+
+#: SQL DEALLOCATE of one statement name.
+_DEALLOCATE = re.compile(rb'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;"]+)\s*;?\s*\x00\Z', re.I)
+#: First body bytes a DEALLOCATE Query can start with: most Queries are rejected on one byte.
+DEALLOCATE_FIRST = frozenset(b" \t\n\r\x0bdD")
+
+
+class ClientInput:
+    """One client's stream, read as it is forwarded.
+
+    @param stream: the client's L{ClientStream}, whose flags this keeps.
+    @param view: the client's L{pgdoorman.session.prepared.ClientStatements}, or C{None}
+        when prepared statements pass through unmapped.
+    @ivar framer: the header walker; its L{Framer.single} is the adapter's fast path for a
+        chunk that is one whole Query.
+    """
+
+    def __init__(self, stream: ClientStream, view=None) -> None:
+        self.stream = stream
+        self.view = view
+        if view is None:
+            self.framer = Framer(_WATCH, peek=_PEEK)
+        else:
+            self.framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK)
+        self._carry = b""
+
+    def feed(self, data: bytes) -> tuple:
+        """Read one chunk.
+
+        @return: C{(payload, requests, terminated)}: what goes to the server (the chunk, or
+            with prepared statements the items to render for it; up to Terminate), how many
+            requests it holds, and whether the client sent Terminate.
+        """
+        if self.view is not None:
+            return self._cut(data)
+        framer = self.framer
+        events = framer.feed(data)
+        stream = self.stream
+        stream.partial = not framer.at_boundary
+        requests = 0
+        for mtype, _, end in events:
+            if mtype in _REQUESTS:
+                stream.batch_open = False
+                requests += 1
+            elif mtype == TERMINATE:
+                carry, self._carry = self._carry, b""
+                if carry:
+                    return (carry + data)[: len(carry) + end - 5], requests, True
+                return data[: end - 5], requests, True
+            elif mtype in _BATCH:
+                stream.batch_open = True
+            elif mtype == COPY_DONE or mtype == COPY_FAIL:
+                stream.copy_in = False
+        head = framer.partial_header
+        carry = self._carry
+        if head or carry:
+            # A header cut at the end of a chunk is held back until its type is known: a
+            # Terminate, half sent on to the server, would poison it for the next client.
+            # The held bytes are the end of what was fed so far, carried bytes included.
+            whole = carry + data if carry else data
+            self._carry = head
+            return whole[: len(whole) - len(head)], requests, False
+        return data, requests, False
+
+    def _cut(self, data: bytes) -> tuple:
+        """Cut a chunk into raw runs and the Parse/Bind/Describe/Close messages to map, with
+        markers for the requests among them.
+
+        Offsets are taken in the stream made of the header bytes held back from the last
+        chunk (C{_carry}) followed by C{data}; what the framer still holds at the end (a
+        partial header, a watched message not complete yet) is not forwarded now, so the
+        server never sees half of a message that is then rewritten."""
+        framer = self.framer
+        events = framer.feed(data)
+        carry = self._carry
+        c = len(carry)
+        stream = self.stream
+        stream.partial = not framer.at_boundary
+        cut = c + len(data) - framer.held
+        items: list = []
+        requests = 0
+        pos = 0
+        for mtype, body, end in events:
+            end += c
+            if body is None:
+                if mtype in _REQUESTS:
+                    stream.batch_open = False
+                    requests += 1
+                    if end > cut:
+                        end = cut
+                    if end > pos:
+                        items.append(_span(carry, data, pos, end))
+                        pos = end
+                    items.append(ONE_REQUEST)
+                elif mtype in _BATCH:
+                    stream.batch_open = True
+                elif mtype == COPY_DONE or mtype == COPY_FAIL:
+                    stream.copy_in = False
+                continue
+            if mtype == TERMINATE:
+                start = end - 5
+                if start > pos:
+                    items.append(_span(carry, data, pos, start))
+                self._carry = b""
+                return items, requests, True
+            stream.batch_open = True
+            item = self.view.translate(mtype, body)
+            if item is not None:
+                start = end - 5 - len(body)
+                if start > pos:
+                    items.append(_span(carry, data, pos, start))
+                items.append(item)
+                pos = end
+            elif pos > end - 5 - len(body):
+                # Unchanged, but its start was held back with an earlier chunk.
+                items.append(m.message(bytes((mtype,)), body))
+                pos = end
+        if cut > pos:
+            items.append(_span(carry, data, pos, cut))
+        self._carry = framer.partial_header
+        return items, requests, False
+
+
+def _span(carry: bytes, data: bytes, start: int, end: int) -> bytes:
+    """Bytes C{start:end} of C{carry + data}, copying only when the span reaches into
+    C{carry}."""
+    c = len(carry)
+    if start >= c:
+        return data[start - c : end - c]
+    return carry[start:] + data[: end - c]
+
+
+def prepare_only_answer(items: list) -> "bytes | None":
+    """The pooler's own answer to Parse and Sync alone (libpq's PQprepare), or C{None} if
+    C{items} are anything else: the statement reaches a server with the first Bind or
+    Describe that needs it. Besides saving a round trip, this keeps a synchronous prepare
+    from waiting on a full pool while its own thread holds a server in a transaction
+    (pgbench -M prepared does that)."""
+    if type(items[0]) is not tuple or items[0][0] != PARSE_ITEM:
+        return None
+    answer = []
+    for item in items:
+        if item is ONE_REQUEST:
+            answer.append(m.READY_IDLE)
+        elif type(item) is tuple and item[0] == PARSE_ITEM:
+            answer.append(m.PARSE_COMPLETE)
+        elif item != m.SYNC:
+            return None
+    return b"".join(answer)
+
+
+def deallocate_name(query: bytes) -> "bytes | None":
+    """The statement name of a Query that is exactly SQL C{DEALLOCATE [PREPARE] name}, as
+    PostgreSQL folds it; C{None} for anything else, C{DEALLOCATE ALL} included."""
+    match = _DEALLOCATE.match(query, 5)
+    if match is None:
+        return None
+    name = match.group(1)
+    if name[:1] == b'"':
+        return name[1:-1].replace(b'""', b'"')
+    name = name.lower()
+    return None if name == b"all" else name
