@@ -9,6 +9,8 @@ from pgdoorman.config import loads
 from pgdoorman.pool.pool import Pool, PoolClosed
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol.auth import ScramSecret, parse_scram_verifier, scram_verifier
+from pgdoorman.protocol.errors import PgError
+from pgdoorman.session.client_login import Account
 
 from .pooltest import lease
 
@@ -227,3 +229,29 @@ class ScramSecretTests(RegistryTestMixin, SynchronousTestCase):
     def test_md5(self) -> None:
         """An MD5 user has no SCRAM secret."""
         self.assertIsNone(self.make_registry().scram_secret("db", "md5user"))
+
+
+class AccountTests(RegistryTestMixin, SynchronousTestCase):
+    """L{PoolRegistry.account}: how a client logging in proves its password."""
+
+    def test_kinds(self) -> None:
+        """md5 hashes are checked with MD5, verifiers and plaintext passwords with SCRAM, the
+        console's password with MD5; unknown users get None, unknown databases 3D000."""
+        registry = self.make_registry()
+        self.assertEqual(registry.account("db", "md5user"), Account("md5", MD5))
+        self.assertEqual(registry.account("db", "scramuser").method, "scram")
+        self.assertEqual(registry.account("db", "plainuser").method, "scram")
+        admin = registry.account("pgbouncer", "admin")
+        self.assertEqual((admin.method, admin.admin), ("md5", True))
+        self.assertIsNone(registry.account("db", "nobody"))
+        self.assertIsNone(registry.account("pgdoorman", "md5user"))
+        error = self.assertRaises(PgError, registry.account, "nodb", "md5user")
+        self.assertEqual(error.sqlstate, "3D000")
+
+    def test_reload(self) -> None:
+        """Accounts are kept between logins and taken anew after RELOAD."""
+        registry = self.make_registry()
+        self.assertIs(registry.account("db", "md5user"), registry.account("db", "md5user"))
+        other = "md5" + "f" * 32
+        registry.reload(loads(CONFIG.replace("{general}", "").replace(MD5, other)))
+        self.assertEqual(registry.account("db", "md5user"), Account("md5", other))

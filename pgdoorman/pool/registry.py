@@ -34,6 +34,8 @@ class PoolRegistry(Service):
         self.pools: dict = {}
         self._credentials: dict = {}
         self._client_secrets: dict = {}
+        #: (database, user) to the L{Account} its clients log in with.
+        self._accounts: dict = {}
 
     def user(self, database: str, username: str):
         """C{(pool_config, user_config)} for a login, or C{None} if there is no such user."""
@@ -46,22 +48,28 @@ class PoolRegistry(Service):
 
         @raise PgError: 3D000 for a database that is neither a pool nor the console.
         """
+        key = (database, username)
+        account = self._accounts.get(key)
+        if account is not None:
+            return account
         general = self.config.general
         if database in ADMIN_DATABASES:
             if username != general.admin_username:
                 return None
-            return Account("md5", md5_hash(general.admin_username, general.admin_password), admin=True)
-        if database not in self.config.pools:
+            account = Account("md5", md5_hash(general.admin_username, general.admin_password), admin=True)
+        elif database not in self.config.pools:
             raise PgError(SQLSTATE.INVALID_CATALOG_NAME, f'database "{database}" does not exist')
-        found = self.user(database, username)
-        if found is None:
-            return None
-        kind = found[1].password_kind
-        if kind == "md5":
-            return Account("md5", found[1].password)
-        if kind in ("scram", "plain"):
-            return Account("scram", self.scram_secret(database, username))
-        return None
+        else:
+            found = self.user(database, username)
+            kind = None if found is None else found[1].password_kind
+            if kind == "md5":
+                account = Account("md5", found[1].password)
+            elif kind in ("scram", "plain"):
+                account = Account("scram", self.scram_secret(database, username))
+            else:
+                return None
+        self._accounts[key] = account
+        return account
 
     def credentials(self, database: str, username: str):
         """The L{ServerCredentials} used to open servers for this pool user."""
@@ -130,6 +138,8 @@ class PoolRegistry(Service):
         replaced; their leased servers finish and are closed on return, their waiters move
         to the new pool. Unchanged pools keep running untouched."""
         old, self.config = self.config, config
+        # Any user, password or the admin account may have changed.
+        self._accounts.clear()
         for key, pool in list(self.pools.items()):
             if _settings(config.user(*key)) == _settings(old.user(*key)):
                 continue

@@ -16,6 +16,7 @@ Channel binding (C{SCRAM-SHA-256-PLUS}) is not supported on either side.
 import base64
 import hashlib
 import hmac
+import re
 import secrets
 import stringprep
 import unicodedata
@@ -58,11 +59,11 @@ def md5_hash(username: str, password: str) -> str:
     return "md5" + digest
 
 
+_MD5_HASH = re.compile(r"md5[0-9a-f]{32}")
+
+
 def _is_md5_hash(stored: str) -> bool:
-    hexdigits = stored[3:]
-    return (
-        stored.startswith("md5") and len(hexdigits) == 32 and all(c in "0123456789abcdef" for c in hexdigits)
-    )
+    return _MD5_HASH.fullmatch(stored) is not None
 
 
 def md5_response(stored: str, salt: bytes) -> bytes:
