@@ -445,51 +445,25 @@ _DATABASES = Table(
     Column("max_connections", INT8, lambda r: r[1].pool_size),
     Column("current_connections", INT8, lambda r: r[2].total if r[2] else 0),
 )
+def _counts(*names: str) -> tuple:
+    return tuple(Column(name, INT8) for name in names)
+
+
+#: The client and server counts SHOW POOLS and POOLS_EXTENDED share, in PgDoorman's order.
+_SERVER_COUNTS = ("sv_active", "sv_idle", "sv_used", "sv_login", "pool_size", "maxwait", "maxwait_us")
 _POOLS = Table(
     Column("database", TEXT),
     Column("user", TEXT),
     Column("pool_mode", TEXT),
-    *(
-        Column(name, INT8)
-        for name in (
-            "cl_idle",
-            "cl_active",
-            "cl_waiting",
-            "cl_cancel_req",
-            "sv_active",
-            "sv_idle",
-            "sv_used",
-            "sv_login",
-            "pool_size",
-            "maxwait",
-            "maxwait_us",
-            "avg_xact_time",
-            "paused",
-            "fallback_active",
-            "oldest_active_age_ms",
-        )
-    ),
+    *_counts("cl_idle", "cl_active", "cl_waiting", "cl_cancel_req", *_SERVER_COUNTS),
+    *_counts("avg_xact_time", "paused", "fallback_active", "oldest_active_age_ms"),
 )
 _POOLS_EXTENDED = Table(
     Column("database", TEXT),
     Column("user", TEXT),
-    *(
-        Column(name, INT8)
-        for name in (
-            "cl_active",
-            "cl_waiting",
-            "sv_active",
-            "sv_idle",
-            "sv_used",
-            "sv_login",
-            "pool_size",
-            "maxwait",
-            "maxwait_us",
-        )
-    ),
+    *_counts("cl_active", "cl_waiting", *_SERVER_COUNTS),
     Column("pool_mode", TEXT),
-    Column("bytes_recieved", INT8),
-    Column("bytes_sent", INT8),
+    *_counts("bytes_recieved", "bytes_sent"),
     *(
         Column(f"{kind}_{fraction}", FLOAT8)
         for fraction in (0.99, 0.95, 0.5)
