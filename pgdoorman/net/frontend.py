@@ -78,6 +78,7 @@ class ClientConnection(PeerProducer, Protocol):
         self.admin = False
         self._admin: "AdminSession | None" = None
         self._login = ClientLogin(factory.registry.account)
+        self._greeting = b""
         self._framer = None
         self._waiting = False
         self._then = None
@@ -208,16 +209,25 @@ class ClientConnection(PeerProducer, Protocol):
     # -- startup and authentication
 
     def _login_phase(self, data: bytes) -> None:
+        out = []
         for item in self._login.receive(data):
             if type(item) is bytes:
-                self.write(item)
-            elif isinstance(item, Started):
+                # One send for what the login says at once (the SASL final message and
+                # AuthenticationOk go out with the welcome).
+                out.append(item)
+                continue
+            if isinstance(item, LoggedIn):
+                self._login = None
+                self._greeting = b"".join(out)
+                self._authenticated(item)
+                return
+            if out:
+                self.write(b"".join(out))
+                out = []
+            if isinstance(item, Started):
                 self.factory.counts["plain"] += 1
                 self.user = item.params["user"]
                 self.database = item.params["database"]
-            elif isinstance(item, LoggedIn):
-                self._login = None
-                self._authenticated(item)
             elif isinstance(item, Cancel):
                 self.factory.counts["cancel"] += 1
                 self.phase = CLOSED
@@ -228,6 +238,8 @@ class ClientConnection(PeerProducer, Protocol):
                 if error.sqlstate == SQLSTATE.PROTOCOL_VIOLATION:
                     self._violation(error)
                 self.send_error(error.to_message())
+        if out:
+            self.write(b"".join(out))
 
     def _admin_phase(self, data: bytes) -> None:
         answer, done = self._admin.receive(data)
@@ -247,12 +259,13 @@ class ClientConnection(PeerProducer, Protocol):
             self.admin = True
             self.phase = ADMIN
             self._admin = AdminSession(self.factory.console)
-            self.write(self._admin.welcome(self.id, self.key))
+            self.write(self._take_greeting() + self._admin.welcome(self.id, self.key))
             if login.rest:
                 self._admin_phase(login.rest)
             return
         found = registry.user(self.database, self.user)
         if found is None:
+            self.write(self._take_greeting())
             # RELOAD removed the user while it was logging in.
             self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
             return
@@ -270,11 +283,18 @@ class ClientConnection(PeerProducer, Protocol):
         welcome = self.pool.parameters.welcome(self.wanted) if self.transaction_mode else None
         if welcome is None:
             self.phase = LOGIN
+            self.write(self._take_greeting())
             self._acquire(self._logged_in)
             return
         self._ready(welcome)
         self.phase = IDLE
         self._serve()
+
+    def _take_greeting(self) -> bytes:
+        """The end of the authentication exchange (AuthenticationOk), held so that it
+        leaves with what follows it."""
+        greeting, self._greeting = self._greeting, b""
+        return greeting
 
     def _logged_in(self, server) -> None:
         self._ready(server.parameter_messages())
@@ -289,7 +309,7 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _ready(self, welcome: bytes) -> None:
         """Finish the login: the ParameterStatus set, our BackendKeyData, ReadyForQuery."""
-        self.write(welcome + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
+        self.write(self._take_greeting() + welcome + m.backend_key_data(self.id, self.key) + m.READY_IDLE)
         if self.factory.log_connections:
             self.log.info(
                 "client {client!r} from {peer} logged in ({mode} mode)",
