@@ -16,7 +16,7 @@ from pgdoorman.net.backend import ServerConnection
 from pgdoorman.net.frontend import CLOSED, IDLE, LINKED, ClientFactory
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient
+from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
 CONFIG = """
@@ -310,6 +310,30 @@ class SplitTerminateTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.server_transport.value(), b"")
         self.client.dataReceived(query[3:])
         self.assertEqual(self.server_transport.value(), query)
+
+
+class AdminLoginTests(LinkTestMixin, SynchronousTestCase):
+    """The admin console's login, with a query pipelined behind the password."""
+
+    def test_query_pipelined_behind_the_password(self):
+        """A client that sends its first query in the same chunk as its password gets the
+        welcome and then the query's answer."""
+        from pgdoorman.admin.console import AdminConsole, Controls
+
+        self.factory.console = AdminConsole(
+            self.registry, self.factory, Controls(None, None, lambda: "info", lambda name: name)
+        )
+        client = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        client.dataReceived(m.startup_message({"user": "admin", "database": "pgdoorman"}))
+        [(kind, body)] = _messages(transport.value())
+        salt = m.parse_auth(body)[1]
+        transport.clear()
+        client.dataReceived(m.password_message(md5_response(md5_hash("admin", "x"), salt)) + m.query("SHOW LOG_LEVEL"))
+        kinds = [t for t, _ in _messages(transport.value())]
+        self.assertEqual(kinds[0], "R")
+        self.assertEqual(kinds[-5:], ["Z", "T", "D", "C", "Z"])
 
 
 class MaxConnectionsTests(SynchronousTestCase):
