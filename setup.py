@@ -17,7 +17,7 @@ setup(
     long_description=long_description,
     long_description_content_type="text/markdown",
     license="MIT",
-    python_requires=">=3.11",
+    python_requires=">=3.9",
     packages=find_packages(exclude=["tests", "tests.*"]) + ["twisted.plugins"],
     package_data={"twisted": ["plugins/pgdoorman_plugin.py"]},
     install_requires=[

@@ -5,6 +5,8 @@ Every pgdoorman logger is made by L{logger}: it emits through a filter whose lev
 L{set_log_level} changes. Twisted's own log events are not affected.
 """
 
+from __future__ import annotations
+
 from twisted.logger import FilteringLogObserver, Logger, LogLevel, LogLevelFilterPredicate, globalLogPublisher
 
 __all__ = ["logger", "set_log_level", "get_log_level", "LEVELS"]

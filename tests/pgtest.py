@@ -4,6 +4,8 @@ End-to-end tests must run, so a missing PostgreSQL installation is a test error
 carrying the install hint from L{pgdoorman.testing.cluster.ClusterError}, never a skip.
 """
 
+from __future__ import annotations
+
 import asyncio
 import atexit
 import os

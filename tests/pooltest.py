@@ -1,6 +1,8 @@
 """A Deferred that waits for a pool's server, for pool tests: clients wait as objects
 (L{pgdoorman.pool.pool.IWaiter}), this is the same wait as a Deferred."""
 
+from __future__ import annotations
+
 from twisted.internet.defer import Deferred, fail, succeed
 
 from pgdoorman.pool.pool import PoolClosed

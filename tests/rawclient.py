@@ -1,6 +1,8 @@
 """A blocking PostgreSQL client built on pgdoorman's own codec, for tests that must see the
 exact bytes and SQLSTATEs of the startup and login phases."""
 
+from __future__ import annotations
+
 import socket
 import struct
 

@@ -4,6 +4,8 @@ Starts C{twistd -n pgdoorman --config <contrib config on a free port>}, checks i
 PostgreSQL startup phase, stops it with SIGTERM and checks it exits cleanly.
 """
 
+from __future__ import annotations
+
 import os
 import re
 import signal

@@ -1,5 +1,7 @@
 """Tests for L{pgdoorman.testing.cluster}: a real throwaway PostgreSQL cluster."""
 
+from __future__ import annotations
+
 import hashlib
 import os
 import shutil

@@ -5,6 +5,7 @@ per role), and one pgdoorman process has a pool user for each combination.
 """
 
 import subprocess
+import sys
 import time
 
 from twisted.trial.unittest import TestCase
@@ -161,14 +162,17 @@ class LoginTests(ClusterMixin, TestCase):
 
     def test_failed_logins_leave_nothing_behind(self):
         """200 failed logins in a row open no server connection and do not grow memory."""
-        for _ in range(50):
-            self.login("c_md5", "wrong")
+        for i in range(50):
+            self.login("c_md5" if i % 2 else "c_trust", "wrong")
         rss_before = self.pooler.rss_kib()
         for i in range(200):
             self.assertEqual(self.login("c_md5" if i % 2 else "c_trust", "wrong").sqlstate, "28P01")
         rss_after = self.pooler.rss_kib()
         self.assertEqual(self.backends(), "0")
-        self.assertLess(rss_after - rss_before, 2048, "RSS grew by more than 2 MiB")
+        if sys.implementation.name == "cpython":
+            # PyPy's collector lets the heap grow by most of its size before a major
+            # collection, so its RSS says nothing about a leak over 200 logins.
+            self.assertLess(rss_after - rss_before, 2048, "RSS grew by more than 2 MiB")
         self.assertServesQueries()
 
     def assertRefused(self, payload: bytes, sqlstate: str):

@@ -1,6 +1,5 @@
 """Tests for L{pgdoorman.protocol.framing}."""
 
-import itertools
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -65,7 +64,7 @@ def _feed_chunks(framer: Framer, chunks: list) -> list:
 def _split(data: bytes, cuts: list) -> list:
     """Cut C{data} at the given offsets (in any order, duplicates allowed)."""
     points = [0] + sorted(min(c, len(data)) for c in cuts) + [len(data)]
-    return [data[a:b] for a, b in itertools.pairwise(points)]
+    return [data[a:b] for a, b in zip(points, points[1:], strict=False)]
 
 
 def _bytewise(data: bytes) -> list:

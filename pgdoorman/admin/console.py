@@ -7,6 +7,8 @@ POOLS_MEMORY, PREPARED_STATEMENTS, INTERNER [N]; SET log_level; PAUSE, RESUME, R
 KILL [db]; RELOAD; SHUTDOWN; RESET INTERNER.
 """
 
+from __future__ import annotations
+
 import hashlib
 import re
 

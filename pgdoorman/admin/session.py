@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_admin_session -*-
 """One client's conversation with the admin console, once it has logged in."""
 
+from __future__ import annotations
+
 from ..protocol import messages as m
 from ..protocol.constants import QUERY, SQLSTATE, SYNC, TERMINATE
 from ..protocol.framing import ALL_TYPES, Framer

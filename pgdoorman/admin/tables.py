@@ -2,6 +2,8 @@
 """Admin console tables declared once: each column's name, type and how to read its value
 from a row, so that the RowDescription and the DataRows cannot disagree."""
 
+from __future__ import annotations
+
 from collections.abc import Callable, Iterable
 from typing import Any
 

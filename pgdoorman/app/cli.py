@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_cli -*-
 """The C{pgdoorman} command: run, check a config (C{-t}), or start a throwaway demo."""
 
+from __future__ import annotations
+
 import argparse
 import os
 import signal

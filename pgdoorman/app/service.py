@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_service -*-
 """Builds the service tree of a running pgdoorman from a config."""
 
+from __future__ import annotations
+
 import os
 import signal
 

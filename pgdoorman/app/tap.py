@@ -1,8 +1,11 @@
 # -*- test-case-name: tests.test_tap -*-
 """The twistd plugin's options and service maker: C{twistd -n pgdoorman --config FILE}."""
 
+from __future__ import annotations
+
 import os
 import sys
+from typing import NoReturn
 
 from twisted.python import usage
 
@@ -28,11 +31,17 @@ class Options(usage.Options):
         try:
             self.loaded = load(path)
         except ConfigError as e:
-            raise usage.UsageError(str(e)) from None
+            self._refuse(str(e))
         except OSError as e:
-            raise usage.UsageError(f"{path}: cannot read config: {e.strerror}") from None
+            self._refuse(f"{path}: cannot read config: {e.strerror}")
         if self["check"]:
             raise SystemExit(0)
+
+    @staticmethod
+    def _refuse(problem: str) -> NoReturn:
+        """Say what is wrong and exit 1 (Twisted before 26 exits 0 on a usage error)."""
+        sys.stderr.write(f"twistd pgdoorman: {problem}\n")
+        raise SystemExit(1)
 
 
 def makeService(options: Options):

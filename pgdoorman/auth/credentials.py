@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_auth -*-
 """Which secrets authenticate a pool user, on the client side and towards PostgreSQL."""
 
+from __future__ import annotations
+
 import attrs
 
 from ..protocol.auth import ScramSecret, parse_scram_verifier, scram_verifier

@@ -6,6 +6,8 @@ client's credentials), then lives in a pool. While linked to a client it forward
 chunk it receives untouched and watches only a handful of message types.
 """
 
+from __future__ import annotations
+
 import itertools
 import os
 

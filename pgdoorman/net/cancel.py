@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_frontend -*-
 """Forwarding a client's CancelRequest to the server that serves it now."""
 
+from __future__ import annotations
+
 from twisted.internet.protocol import Protocol
 
 from ..protocol import messages as m

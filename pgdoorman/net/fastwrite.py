@@ -8,6 +8,8 @@ unusual (a partial send, EAGAIN, an error, TLS, a closing transport) falls back 
 C{transport.write}, so Twisted's buffering, producer flow control and error handling apply.
 """
 
+from __future__ import annotations
+
 from typing import Callable
 
 __all__ = ["eager_writer"]

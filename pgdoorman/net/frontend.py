@@ -8,6 +8,8 @@ at the first message of a transaction and released at ReadyForQuery C{I} once ev
 the client sent has been answered.
 """
 
+from __future__ import annotations
+
 import secrets
 
 from twisted.internet.protocol import Factory, Protocol

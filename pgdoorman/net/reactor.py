@@ -8,6 +8,8 @@ almost never on that path, so plain read events skip the wrapper; everything els
 hang-ups, errors) goes through Twisted's own handling unchanged.
 """
 
+from __future__ import annotations
+
 import errno
 import select
 

@@ -5,6 +5,8 @@ Applied to every client and server TCP socket, as PgDoorman does. Options the pl
 lacks are skipped; unix sockets get none.
 """
 
+from __future__ import annotations
+
 import socket
 import struct
 

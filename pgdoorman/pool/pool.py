@@ -5,6 +5,8 @@ The pool knows nothing about transports. A server is any object with the attribu
 methods of L{IPoolServer}; the pool moves it between states and hands it to clients.
 """
 
+from __future__ import annotations
+
 import random
 from collections import deque
 from typing import Callable, Protocol

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_registry -*-
 """The registry of pools, one per (database, user), created on first use."""
 
+from __future__ import annotations
+
 import attrs
 from twisted.application.service import Service
 

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_stats -*-
 """Per-pool counters, kept on the data path as plain numbers, read by SHOW STATS/POOLS."""
 
+from __future__ import annotations
+
 import math
 from collections import deque
 

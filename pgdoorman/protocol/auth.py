@@ -13,6 +13,8 @@ recovered ClientKey.
 Channel binding (C{SCRAM-SHA-256-PLUS}) is not supported on either side.
 """
 
+from __future__ import annotations
+
 import base64
 import hashlib
 import hmac
@@ -20,7 +22,8 @@ import re
 import secrets
 import stringprep
 import unicodedata
-from dataclasses import dataclass, field
+
+import attrs
 
 from pgdoorman.protocol.errors import AuthenticationFailed
 
@@ -203,14 +206,14 @@ class _Exchange:
             raise AuthenticationFailed("unexpected SCRAM message")
 
 
-@dataclass(frozen=True, slots=True)
+@attrs.frozen
 class ScramSecret:
     """The parts of a SCRAM-SHA-256 verifier; the keys are left out of C{repr}."""
 
     iterations: int
     salt: bytes
-    stored_key: bytes = field(repr=False)
-    server_key: bytes = field(repr=False)
+    stored_key: bytes = attrs.field(repr=False)
+    server_key: bytes = attrs.field(repr=False)
 
 
 def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4096) -> str:

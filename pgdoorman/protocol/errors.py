@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_protocol_errors -*-
 """The pooler's one error type, and the codec's password-check failure."""
 
+from __future__ import annotations
+
 from .constants import SQLSTATE
 
 __all__ = ["PgError", "AuthenticationFailed"]

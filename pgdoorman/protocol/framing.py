@@ -6,6 +6,8 @@ types it is told to watch. The caller forwards the very chunk it received and us
 offsets of watched messages to cut it where it must (DESIGN.md, "The data path").
 """
 
+from __future__ import annotations
+
 import struct
 
 from .constants import SQLSTATE

@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_protocol_messages -*-
 """Encoders for the messages the pooler originates and decoders for the ones it inspects."""
 
+from __future__ import annotations
+
 import struct
 
 from .constants import CANCEL_REQUEST_CODE, PROTOCOL_3_0, SQLSTATE, SSL_REQUEST_CODE

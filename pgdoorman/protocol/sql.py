@@ -1,6 +1,8 @@
 # -*- test-case-name: tests.test_cluster -*-
 """Quoting for the few SQL statements the pooler writes itself."""
 
+from __future__ import annotations
+
 __all__ = ["quote_ident", "quote_literal"]
 
 

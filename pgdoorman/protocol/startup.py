@@ -4,6 +4,8 @@
 The startup packet has no type byte: a 4-byte length that counts itself, then a 4-byte code.
 """
 
+from __future__ import annotations
+
 import struct
 from typing import NamedTuple, Union
 

@@ -8,6 +8,8 @@ With prepared statements mapped, it also cuts each chunk into raw runs and the P
 Describe and Close messages to map (L{pgdoorman.session.prepared}).
 """
 
+from __future__ import annotations
+
 import re
 
 from ..protocol import messages as m

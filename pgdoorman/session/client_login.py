@@ -11,6 +11,8 @@ Memory before login stays small whatever the client sends: the startup packet is
 PostgreSQL's 10 000 bytes and an authentication message at most its 65 535.
 """
 
+from __future__ import annotations
+
 import os
 from collections.abc import Callable
 

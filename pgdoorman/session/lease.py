@@ -8,6 +8,8 @@ comes back (L{Lease.ready}, L{Lease.failed}); neither reads the other's state. E
 has one owner, named where it is declared.
 """
 
+from __future__ import annotations
+
 from collections import deque
 
 from .prepared import PASS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE

@@ -8,6 +8,8 @@ L{PoolParameters} knows what its servers report at login, and what they reported
 values clients asked for, so that most logins are answered without a server.
 """
 
+from __future__ import annotations
+
 from ..protocol import messages as m
 from ..protocol.sql import quote_ident, quote_literal
 

@@ -20,6 +20,8 @@ of the Sync group it belongs to; an ErrorResponse makes the server skip the rest
 group, so the queued entries of that group are dropped and what they assumed is rolled back.
 """
 
+from __future__ import annotations
+
 import itertools
 from collections import OrderedDict, deque
 

@@ -5,6 +5,8 @@ SCRAM-SHA-256, or passthrough of the md5 hash or of the SCRAM ClientKey a client
 then ParameterStatus and BackendKeyData up to the first ReadyForQuery.
 """
 
+from __future__ import annotations
+
 from ..protocol import messages as m
 from ..protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
 from ..protocol.constants import (

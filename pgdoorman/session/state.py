@@ -7,6 +7,8 @@ the client's socket; L{ClientState.to_bytes} and L{ClientState.from_bytes} are t
 value's wire form (JSON, bytes as base64, so that a newer pgdoorman can still read it).
 """
 
+from __future__ import annotations
+
 import base64
 import json
 

@@ -7,6 +7,8 @@ as the C{postgres} OS user through C{runuser} and every file we create for the
 server is handed to that user.
 """
 
+from __future__ import annotations
+
 import glob
 import os
 import pwd
@@ -15,7 +17,6 @@ import socket
 import subprocess
 import tempfile
 import time
-from typing import Self
 
 from ..protocol.sql import quote_ident, quote_literal
 
@@ -299,7 +300,7 @@ class PostgresCluster:
         if self._owns_basedir:
             shutil.rmtree(self.basedir, ignore_errors=True)
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> PostgresCluster:
         self.start()
         return self
 
