@@ -142,13 +142,8 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         """A second client's query waits for the single server and gets it on release."""
         self.client.dataReceived(m.query("begin"))
         self.answer(IN_TX)
-        second = self.factory.buildProtocol(None)
-        second.makeConnection(StringTransport())
-        second.database, second.user = "db", "u"
-        second.pool = self.pool
-        second.transaction_mode = True
-        second.phase = IDLE
-        second._framer = Framer(frozenset(), peek=ALL_TYPES)
+        second = self.newClient()
+        self.assertEqual(second.phase, IDLE)
         second.dataReceived(m.query("select 2"))
         self.assertEqual(len(self.pool.waiters), 1)
         self.client.dataReceived(m.query("commit"))

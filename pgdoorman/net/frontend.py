@@ -69,7 +69,6 @@ class ClientConnection(PeerProducer, Protocol):
         self.pool = None
         self.user = None
         self.database = None
-        self.transaction_mode = False
         self.wanted: frozenset = frozenset()
         self.out_paused = False
         self.stream = ClientStream()
@@ -94,6 +93,11 @@ class ClientConnection(PeerProducer, Protocol):
 
     def __repr__(self) -> str:
         return f"<ClientConnection #{self.id} {self.user}@{self.database}>"
+
+    @property
+    def transaction_mode(self) -> bool:
+        """The server goes back to the pool at the end of each transaction (the stream's flag)."""
+        return self.stream.transaction_mode
 
     @property
     def state(self) -> str:
@@ -274,7 +278,7 @@ class ClientConnection(PeerProducer, Protocol):
         if login.client_key is not None:
             registry.learn_client_key(self.database, self.user, login.client_key)
         self.pool_config, self.user_config = found
-        self.transaction_mode = self.stream.transaction_mode = self.user_config.pool_mode == "transaction"
+        self.stream.transaction_mode = self.user_config.pool_mode == "transaction"
         if login.rest:
             # A client that pipelines its first query behind the password: keep it.
             self._held.append(login.rest)
