@@ -76,7 +76,6 @@ class ClientConnection(PeerProducer, Protocol):
         self.clock = factory.registry.clock
         self.connected_at = self.clock.seconds()
         self.since = self.connected_at
-        self.admin = False
         self._admin: "AdminSession | None" = None
         self._login = ClientLogin(factory.registry.account)
         self._greeting = b""
@@ -262,7 +261,6 @@ class ClientConnection(PeerProducer, Protocol):
         self.wanted = wanted_from_startup(login.params)
         registry = self.factory.registry
         if login.admin:
-            self.admin = True
             self.phase = ADMIN
             self._admin = AdminSession(self.factory.console)
             self.write(self._take_greeting() + self._admin.welcome(self.id, self.key))
@@ -271,8 +269,8 @@ class ClientConnection(PeerProducer, Protocol):
             return
         found = registry.user(self.database, self.user)
         if found is None:
-            self.write(self._take_greeting())
             # RELOAD removed the user while it was logging in.
+            self.write(self._take_greeting())
             self.fatal(SQLSTATE.INVALID_PASSWORD, f'password authentication failed for user "{self.user}"')
             return
         if login.client_key is not None:
