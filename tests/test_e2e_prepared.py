@@ -275,18 +275,19 @@ print(psycopg.pq.__impl__, psycopg.pq.version() < 170000)
         self.assertEqual([t for t, _ in answers], ["t", "T", "Z"])
         self.assertEqual(parse_row_description(answers[1][1]), ["one", "two"])
 
-    def test_failed_parse_reported_at_use(self):
-        """A Parse with a syntax error, sent alone with Sync, is answered by the pooler (the
-        statement reaches a server only when used); each use then reports PostgreSQL's own
-        42601, and the session goes on."""
+    def test_failed_parse_reported_at_parse(self):
+        """A Parse with a syntax error, sent alone with Sync, gets PostgreSQL's 42601 at once
+        (PHP PDO, ruby-pg and DBD::Pg report it from their prepare call); the name is not
+        the client's afterwards, and the session goes on."""
         client = self.raw()
         client.send(parse(b"broken", b"selec 1") + m.SYNC)
-        self.assertEqual([t for t, _ in self.until_ready(client)], ["1", "Z"])
-        for _ in range(2):
-            client.send(bind_execute_sync(b"broken"))
-            answers = self.until_ready(client)
-            self.assertEqual([t for t, _ in answers], ["E", "Z"])
-            self.assertIn(b"C42601", answers[0][1])
+        answers = self.until_ready(client)
+        self.assertEqual([t for t, _ in answers], ["E", "Z"])
+        self.assertIn(b"C42601", answers[0][1])
+        client.send(bind_execute_sync(b"broken"))
+        answers = self.until_ready(client)
+        self.assertEqual([t for t, _ in answers], ["E", "Z"])
+        self.assertIn(b"C26000", answers[0][1])
         client.send(m.query("select 7"))
         rows = [parse_data_row(body) for t, body in self.until_ready(client) if t == "D"]
         self.assertEqual(rows, [["7"]])

@@ -132,14 +132,14 @@ class SessionModeTests(ClusterMixin, TestCase):
 
     def test_server_reused_after_client_leaves(self):
         """A client that leaves mid-transaction after a SET: its server is rolled back, reset
-        and given to the next client, which sees none of that state."""
+        with DISCARD ALL and given to the next client, which sees none of that state."""
         conn = psycopg.connect(self.dsn, autocommit=True)
         pid = conn.execute("select pg_backend_pid()").fetchone()[0]
         conn.execute("set work_mem = '7MB'")
         conn.execute("begin")
         conn.execute("create temp table gone (x int)")
         conn.close()
-        self.waitForQuery(pid, "ROLLBACK; RESET ROLE; RESET ALL")
+        self.waitForQuery(pid, "DISCARD ALL")
         with psycopg.connect(self.dsn) as conn2:
             row = conn2.execute("select pg_backend_pid(), current_setting('work_mem')").fetchone()
             tx = conn2.execute("select count(*) from pg_class where relname = 'gone'").fetchone()
@@ -218,7 +218,7 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         self.assertEqual(rows, [b"\x00\x01\x00\x00\x00\x01t"])
 
     def backends(self, role: str = "postgres") -> int:
-        """PostgreSQL sessions opened by the pooler (application_name pgdoorman or a client's)."""
+        """PostgreSQL sessions of C{role} other than our own (the pooler's servers)."""
         return int(
             self.cluster.sql(
                 "select count(*) from pg_stat_activity where backend_type = 'client backend'"

@@ -7,7 +7,7 @@ from twisted.trial.unittest import TestCase
 
 from pgdoorman.app.service import make_service
 from pgdoorman.config import loads
-from pgdoorman.session.prepared import ClientStatements
+from pgdoorman.session.prepared import ClientStatements, planner_key
 from pgdoorman.session.state import ClientState
 from pgdoorman.testing.cluster import free_port
 
@@ -56,7 +56,7 @@ class LiveStateTests(ClusterMixin, TestCase):
             {s.query for s in rebuilt.statements if s.name},
             {b"select $1::int + 1", b"select $1::text || 'x'"},
         )
-        view = ClientStatements.restore(client.pool.statements, rebuilt.statements)
+        view = ClientStatements.restore(client.pool.statements, rebuilt.statements, planner_key(rebuilt.wanted))
         self.assertEqual(view.named, client.statements.named)
         answer = yield threads.deferToThread(
             lambda: conn.execute("select %s::int + 1, current_setting('TimeZone')", (41,), prepare=True).fetchone()

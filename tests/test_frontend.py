@@ -53,7 +53,7 @@ class LinkTestMixin:
         self.server_transport = StringTransport()
         self.server.makeConnection(self.server_transport)
         self.server._logged_in = True
-        self.server.params = {"server_version": "15.0"}
+        self.server.params = {"server_version": "15.0", "application_name": ""}
         self.server_transport.clear()
         self.connects = 0
 
@@ -91,6 +91,13 @@ class LinkTestMixin:
         """The server sends C{data}."""
         self.server.dataReceived(data)
 
+    def assertDiscarded(self):
+        """The server runs session mode's reset query (DISCARD ALL), then goes back idle."""
+        self.assertEqual(self.server_transport.value(), m.query("DISCARD ALL"))
+        self.assertEqual(self.server.pool_state, "used")
+        self.answer(m.command_complete("DISCARD ALL") + m.READY_IDLE)
+        self.assertEqual(self.server.pool_state, "idle")
+
 
 class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
     """Lease at the first message, release at ReadyForQuery I once every request is answered."""
@@ -98,7 +105,7 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
     def test_login_with_a_synchronous_lease(self):
         """A connector that fires at once still completes the login and releases the server."""
         kinds = [t for t, _ in self.login_output]
-        self.assertEqual(kinds, ["R", "S", "K", "Z"])
+        self.assertEqual(kinds, ["R", "S", "S", "K", "Z"])
         self.assertEqual(self.client.phase, IDLE)
         self.assertEqual(self.server.pool_state, "idle")
 
@@ -178,16 +185,20 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.server_transport.value(), m.query("RESET ROLE; RESET ALL"))
         self.assertEqual(self.server.pool_state, "used")
 
-    def test_copy_error_before_copy_done_keeps_the_server(self):
-        """The server gives up on a COPY FROM STDIN early (error, ReadyForQuery I): the client
-        still owes CopyDone, so the server stays linked until the client has sent it."""
+    def test_copy_error_before_copy_done_releases_the_server(self):
+        """The server gives up on a COPY FROM STDIN early (error, ReadyForQuery I): the
+        server goes back to the pool at once, and the client's late CopyData and CopyDone
+        are dropped (PostgreSQL ignores them), whoever has the server next."""
         self.client.dataReceived(m.query("copy t from stdin"))
         self.answer(m.message(b"G", b"\x00\x00\x00"))
         self.client.dataReceived(m.message(b"d", b"1\n"))
         self.answer(m.error_response("22P02", "bad input") + m.READY_IDLE)
-        self.assertEqual(self.server.pool_state, "active")
+        self.assertEqual(self.server.pool_state, "idle")
+        self.server_transport.clear()
         self.client.dataReceived(m.message(b"d", b"2\n") + m.message(b"c"))
+        self.assertEqual((self.server_transport.value(), self.server.pool_state), (b"", "idle"))
         self.client.dataReceived(m.query("select 1"))
+        self.assertEqual(self.server_transport.value(), m.query("select 1"))
         self.answer(ANSWER)
         self.assertEqual(self.server.pool_state, "idle")
 
@@ -275,7 +286,7 @@ class SessionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.server_transport.value(), b"")
         self.assertTrue(self.client.transport.disconnecting)
         self.client.connectionLost(None)
-        self.assertEqual(self.server.pool_state, "idle")
+        self.assertDiscarded()
 
 
 class SplitTerminateTests(LinkTestMixin, SynchronousTestCase):
@@ -293,7 +304,7 @@ class SplitTerminateTests(LinkTestMixin, SynchronousTestCase):
             self.client.dataReceived(m.TERMINATE[i : i + 1])
         self.assertEqual(self.server_transport.value(), b"")
         self.client.connectionLost(None)
-        self.assertEqual(self.server.pool_state, "idle")
+        self.assertDiscarded()
 
     def test_split_query_header(self):
         """A Query whose header is split reaches the server whole, once its type is known."""
@@ -433,14 +444,32 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         transport.clear()
         return out
 
+    def known(self, client, query: bytes) -> None:
+        """Make C{query} a statement some server of the pool has parsed already."""
+        statements = client.statements
+        statements.pool.get(query, b"\x00\x00", "named", statements.planner).parsed = True
+
     def prepare(self, client, name: bytes, query: bytes) -> None:
-        """C{client} prepares C{name} (Parse + Sync, answered by the pooler)."""
+        """C{client} prepares C{name}, a statement the pool knows (Parse + Sync, answered by
+        the pooler)."""
+        self.known(client, query)
         client.dataReceived(parse(name, query) + m.SYNC)
         self.received(client)
 
+    def test_first_parse_and_sync_go_to_a_server(self):
+        """libpq's PQprepare (Parse, Sync) of a statement no server has parsed: PostgreSQL
+        must say whether it parses, so it goes to a server; its ParseComplete marks the
+        statement as known."""
+        self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
+        self.assertEqual([t for t, _ in self.sent()], ["P", "S"])
+        self.answer(PARSE_COMPLETE + m.READY_IDLE)
+        self.assertEqual(self.received(), ["1", "Z"])
+        self.assertTrue(self.client.statements.named[b"s1"].parsed)
+
     def test_parse_and_sync_answered_without_a_server(self):
-        """libpq's PQprepare (Parse, Sync) while idle: ParseComplete and ReadyForQuery I
-        come from the pooler, no server is leased."""
+        """libpq's PQprepare (Parse, Sync) of a statement the pool has parsed, while idle:
+        ParseComplete and ReadyForQuery I come from the pooler, no server is leased."""
+        self.known(self.client, b"select 1")
         self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
         self.assertEqual(self.received(), ["1", "Z"])
         self.assertEqual(self.server.pool_state, "idle")

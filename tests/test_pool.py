@@ -35,6 +35,8 @@ class FakeServer:
         self.created_at = 0.0
         self.last_used = 0.0
         self.params = {"server_version": "15.0"}
+        self.cancels = 0
+        self.when_cancelled = None
 
     def __repr__(self) -> str:
         return f"<FakeServer #{self.id} {self.pool_state}>"
@@ -401,6 +403,42 @@ class ReleaseTests(PoolTestMixin, SynchronousTestCase):
         self.assertEqual(pool.active, {server})
         self.assertEqual(pool.used, set())
         self.assertConsistent([server])
+
+    def test_beingCanceled(self) -> None:
+        """
+        A server with a cancel in flight sits in C{used} until the cancel is done, then is
+        cleaned up if it needs it and goes to the waiter: the cancel never reaches the
+        waiter's query.
+        """
+        pool = self.make_pool(size=1)
+        server = self.lease_server()
+        d = lease(pool)
+        server.cancels = 1
+        server.dirty = True
+        pool.release(server)
+        self.assertEqual(pool.used, {server})
+        self.assertEqual(server.cleanups, [])
+        self.assertNoResult(d)
+        self.assertConsistent([server])
+        server.cancels = 0
+        then, server.when_cancelled = server.when_cancelled, None
+        then(server)
+        self.assertEqual(len(server.cleanups), 1)
+        self.assertNoResult(d)
+        server.dirty = False
+        server.cleanups[0].callback(None)
+        self.assertIs(self.successResultOf(d), server)
+
+    def test_beingCanceledDiscarded(self) -> None:
+        """A server discarded while being canceled stays closed when the cancel is done."""
+        pool = self.make_pool(size=1)
+        server = self.lease_server()
+        server.cancels = 1
+        pool.release(server)
+        pool.discard(server)
+        server.when_cancelled(server)
+        self.assertEqual(server.pool_state, "closed")
+        self.assertEqual(len(pool.idle), 0)
 
     def test_cleanupThenIdle(self) -> None:
         """With nobody waiting, a cleaned server goes idle."""

@@ -8,11 +8,15 @@ from pgdoorman.session.prepared import (
     BIND,
     CLOSE,
     DESCRIBE,
+    DUPLICATE,
+    DUPLICATE_PARSE,
     PARSE,
     ClientStatements,
     Interner,
     PoolStatements,
+    duplicate_error,
     interner,
+    planner_key,
 )
 
 
@@ -110,6 +114,31 @@ class ClientStatementsTests(SynchronousTestCase):
         self.assertEqual(list(self.client.named), [b"b"])
         self.client.deallocate(None)
         self.assertEqual(self.client.named, {})
+
+    def test_duplicate_name(self):
+        """A Parse of a name the client has keeps the old statement and becomes a duplicate
+        Parse of it; PostgreSQL's 42P05 for that Parse is renamed to the client's name."""
+        _, statement, _ = self.client.translate(ord("P"), b"s1\x00select 1\x00\x00\x00")
+        item = self.client.translate(ord("P"), b"s1\x00select 2\x00\x00\x00")
+        self.assertEqual(item, (DUPLICATE, statement, b"s1"))
+        self.assertIs(self.client.named[b"s1"], statement)
+        expect = [(1, DUPLICATE_PARSE, statement, b"s1")]
+        error = m.error_response("42P05", f'prepared statement "{statement.name.decode()}" already exists', "ERROR")
+        renamed = duplicate_error(error[5:], "42P05", expect)
+        self.assertEqual(m.parse_error_fields(renamed[5:])["M"], 'prepared statement "s1" already exists')
+        self.assertIsNone(duplicate_error(error[5:], "42601", expect))
+        self.assertIsNone(duplicate_error(error[5:], "42P05", []))
+
+    def test_planner_settings_in_key(self):
+        """Clients whose startup planner settings differ never share a statement."""
+        pool = PoolStatements(10)
+        a = ClientStatements(pool, planner_key({("search_path", "a")}))
+        b = ClientStatements(pool, planner_key({("search_path", "b")}))
+        c = ClientStatements(pool, planner_key({("search_path", "a"), ("TimeZone", "UTC")}))
+        body = b"s\x00select * from t\x00\x00\x00"
+        statements = [view.translate(ord("P"), body)[1] for view in (a, b, c)]
+        self.assertIsNot(statements[0], statements[1])
+        self.assertIs(statements[0], statements[2])
 
     def test_malformed(self):
         """A message without its zero terminators is a protocol violation."""

@@ -201,7 +201,16 @@ class RefusalTests(SynchronousTestCase):
     def test_not_a_password(self):
         """A query instead of the password response is a protocol violation."""
         error = self.refused(m.startup_message({"user": "md5user", "database": "db"}), QUERY)
-        self.assertEqual((error.sqlstate, error.message), ("08P01", "expected password response, got message type 'Q'"))
+        self.assertEqual((error.sqlstate, error.message), ("08P01", "expected password response, got message type 81"))
+
+    def test_startup_again(self):
+        """A StartupMessage sent again instead of the SASL response is refused from its first
+        byte, as PostgreSQL refuses it, not left waiting for the length its bytes seem to
+        declare."""
+        startup = m.startup_message({"user": "scramuser", "database": "db"})
+        for how in ("whole", "bytes"):
+            error = self.refused(startup, startup, how=how)
+            self.assertEqual((error.sqlstate, error.message), ("08P01", "expected SASL response, got message type 0"))
 
     def test_auth_message_limit(self):
         """An authentication message above PostgreSQL's 65 535 bytes is refused from its

@@ -105,13 +105,23 @@ class ReleaseRuleTests(SynchronousTestCase):
             self.assertEqual(linked.lease.reusable(), flag == "copy_in", flag)
 
     def test_copy_in_started_by_server(self):
-        """CopyInResponse: the client owes CopyDone even after the server's error."""
+        """CopyInResponse: the client owes CopyDone, and the server stays until it is sent."""
+        linked = Linked()
+        linked.lease.forward(5, 1)
+        self.assertEqual(linked.answer(m.message(b"G", b"\x00\x00\x00")), [])
+        self.assertTrue(linked.stream.copy_in)
+        self.assertFalse(linked.lease.reusable())
+
+    def test_copy_in_ended_by_error(self):
+        """An error before the client's CopyDone ends the COPY: PostgreSQL's ReadyForQuery
+        releases the server, and the client's late COPY messages are to be dropped."""
         linked = Linked()
         linked.lease.forward(5, 1)
         self.assertEqual(
-            linked.answer(m.message(b"G", b"\x00\x00\x00") + m.error_response("22P02", "bad") + m.READY_IDLE), [False]
+            linked.answer(m.message(b"G", b"\x00\x00\x00") + m.error_response("22P02", "bad") + m.READY_IDLE), [True]
         )
-        self.assertTrue(linked.stream.copy_in)
+        self.assertFalse(linked.stream.copy_in)
+        self.assertTrue(linked.stream.copy_dropped)
         self.assertEqual(linked.stream.errors, 1)
 
     def test_session_mode(self):

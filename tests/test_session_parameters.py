@@ -4,10 +4,17 @@ server switch, and a pool's welcome message."""
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgdoorman.protocol import messages as m
-from pgdoorman.session.parameters import PoolParameters, sync_plan, wanted_from_startup, with_change
+from pgdoorman.protocol.errors import PgError
+from pgdoorman.session.parameters import (
+    PoolParameters,
+    parse_options,
+    sync_plan,
+    wanted_from_startup,
+    with_change,
+)
 
 LOGIN = {
-    "application_name": "pgdoorman",
+    "application_name": "",
     "client_encoding": "UTF8",
     "DateStyle": "ISO, MDY",
     "server_version": "15.4",
@@ -24,11 +31,31 @@ class WantedTests(SynchronousTestCase):
 
     def test_startup(self):
         """Startup parameters become the wanted set, with ParameterStatus spellings for the
-        tracked names; user, database, options and protocol extensions are left out."""
+        tracked names, the settings of options included; user, database and protocol
+        extensions are left out; a client without an application_name wants the empty one."""
         wanted = wanted_from_startup(
             {"user": "u", "database": "d", "options": "-c x=1", "_pq_.x": "1", "datestyle": "iso", "search_path": "a"}
         )
-        self.assertEqual(wanted, frozenset({("DateStyle", "iso"), ("search_path", "a")}))
+        self.assertEqual(
+            wanted,
+            frozenset({("DateStyle", "iso"), ("search_path", "a"), ("x", "1"), ("application_name", "")}),
+        )
+
+    def test_options(self):
+        """options is cut as PostgreSQL cuts it: -c name=value, -cname=value, --name=value,
+        backslash-escaped spaces, dashes in names read as underscores."""
+        self.assertEqual(
+            parse_options(r"-c default_transaction_read_only=on -csearch_path=a\ b --enable-seqscan=off"),
+            [("default_transaction_read_only", "on"), ("search_path", "a b"), ("enable_seqscan", "off")],
+        )
+        self.assertEqual(parse_options("  "), [])
+
+    def test_options_refused(self):
+        """Server switches other than settings, and a setting without a value, refuse the login."""
+        for options, code in (("-d 5", "0A000"), ("-B 100", "0A000"), ("-c work_mem", "42601"), ("-c", "0A000")):
+            with self.assertRaises(PgError) as e:
+                wanted_from_startup({"options": options})
+            self.assertEqual(e.exception.sqlstate, code, options)
 
     def test_change_replaces(self):
         """A reported change replaces the startup value of the same parameter."""

@@ -244,7 +244,7 @@ class AdminConsole:
                 "cl_idle": c.get("idle", 0),
                 "cl_active": c.get("active", 0),
                 "cl_waiting": c.get("waiting", 0),
-                "cl_cancel_req": 0,
+                "cl_cancel_req": pool.cancel_requests if pool else 0,
                 "sv_active": len(pool.active) if pool else 0,
                 "sv_idle": len(pool.idle) if pool else 0,
                 "sv_used": len(pool.used) if pool else 0,

@@ -19,23 +19,20 @@ from ..net.frontend import ClientFactory
 from ..pool.registry import PoolRegistry
 from .manhole import make_manhole_service
 
-__all__ = ["make_service", "listen_endpoint", "Lifecycle", "DEFAULT_APPLICATION_NAME", "STATS_PERIOD"]
+__all__ = ["make_service", "listen_endpoint", "Lifecycle", "STATS_PERIOD"]
 
 #: Seconds over which SHOW STATS averages are computed (PgBouncer's stats_period).
 STATS_PERIOD = 15.0
-
-#: application_name of server connections when the pool sets none.
-DEFAULT_APPLICATION_NAME = "pgdoorman"
 
 
 def _connector(reactor, registry_config):
     def connect(pool_config, user_config, credentials):
         startup = dict(pool_config.startup_parameters)
-        startup.update(
-            user=credentials.user,
-            database=pool_config.server_database,
-            application_name=pool_config.application_name or DEFAULT_APPLICATION_NAME,
-        )
+        startup.update(user=credentials.user, database=pool_config.server_database)
+        # Without a pool's own name, servers log in with none, so that a client's RESET
+        # brings back PostgreSQL's empty default as in a direct session.
+        if pool_config.application_name:
+            startup["application_name"] = pool_config.application_name
         return connect_server(
             reactor,
             host=pool_config.server_host,

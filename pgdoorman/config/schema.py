@@ -351,6 +351,8 @@ class General:
     tokio_global_queue_interval: int | None = _key(_int(), None, ignored="PgDoorman's Rust runtime")
     tokio_event_interval: int | None = _key(_int(), None, ignored="PgDoorman's Rust runtime")
     server_round_robin: bool = _key(_bool, False)
+    server_reset_query: str = _key(_str, "DISCARD ALL")
+    server_reset_query_always: bool = _key(_bool, False)
     sync_server_parameters: bool = _key(_bool, False, ignored="session parameters always follow the client")
     message_size_to_be_stream: int = _key(
         _bytes,

@@ -34,7 +34,14 @@ from ..protocol.errors import PgError
 from ..protocol.framing import ALL_TYPES, Framer
 from ..session.lease import Counters, Lease
 from ..session.parameters import TRACKED, sync_plan
-from ..session.prepared import CLOSE_AS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE, ServerStatements
+from ..session.prepared import (
+    CLOSE_AS_PARSE,
+    PASS_PARSE,
+    SWALLOW_CLOSE,
+    SWALLOW_PARSE,
+    ServerStatements,
+    duplicate_error,
+)
 from ..session.server_login import ServerLogin
 from .fastwrite import eager_writer
 from .sockopts import apply_socket_options
@@ -54,6 +61,10 @@ _LINKED_WATCH = frozenset(
 )
 #: With prepared statements mapped, also the answers the pooler may swallow or change.
 _PREPARED_WATCH = _LINKED_WATCH | {PARSE_COMPLETE, CLOSE_COMPLETE}
+
+#: A client can make PostgreSQL send an ErrorResponse of any size (RAISE with a long
+#: message): beyond the framer's limit it is forwarded without being read.
+_OVERSIZE = frozenset((ERROR_RESPONSE,))
 
 #: First four bytes of the CommandComplete tags that change session state.
 _TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
@@ -136,9 +147,16 @@ class ServerConnection(PeerProducer, Protocol):
         self.connector = None
         self.socket_options = socket_options
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+        #: The pool's reset query runs before the next client (a client used the server
+        #: and its pool has a C{server_reset_query}).
+        self.reset_pending = False
+        #: Cancel requests sent for this server and not yet acted on by PostgreSQL.
+        self.cancels = 0
+        #: Called with this server when its last cancel is done (set by its pool).
+        self.when_cancelled = None
         self.created_at = clock.seconds()
         self.last_used = self.created_at
-        self._framer = Framer(ALL_TYPES)
+        self._framer = Framer(ALL_TYPES, oversize=_OVERSIZE)
         self._login = ServerLogin(credentials, startup)
         self._logged_in = False
         self._internal: "Deferred | None" = None
@@ -226,7 +244,9 @@ class ServerConnection(PeerProducer, Protocol):
             elif mtype == PARSE_COMPLETE or mtype == CLOSE_COMPLETE:
                 if not lease.expect:
                     continue
-                code = lease.expect.popleft()[1]
+                _, code, statement, _ = lease.expect.popleft()
+                if code == PASS_PARSE or code == SWALLOW_PARSE:
+                    statement.parsed = True
                 if code == SWALLOW_PARSE or code == SWALLOW_CLOSE or code == CLOSE_AS_PARSE:
                     if out is None:
                         out = []
@@ -241,8 +261,22 @@ class ServerConnection(PeerProducer, Protocol):
             elif mtype == COPY_IN_RESPONSE:
                 lease.copy_started()
             elif mtype == ERROR_RESPONSE:
+                if body is None:
+                    # Larger than the framer holds: forwarded unread, as an ERROR (a
+                    # FATAL one is followed by the server closing anyway).
+                    lease.failed()
+                    continue
+                fields = m.parse_error_fields(body)
+                if lease.expect:
+                    renamed = duplicate_error(body, fields.get("C"), lease.expect)
+                    if renamed is not None:
+                        if out is None:
+                            out = []
+                        out.append(data[pos : end - 5 - len(body)])
+                        out.append(renamed)
+                        pos = end
                 lease.failed()
-                if m.parse_error_fields(body).get("V", "ERROR") in ("FATAL", "PANIC"):
+                if fields.get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
                     self.fatal_forwarded = True
         if out is not None:
@@ -264,6 +298,8 @@ class ServerConnection(PeerProducer, Protocol):
         lease = self.lease
         pool = self.home
         lease.bind(stream, pool.stats, view)
+        if pool.reset_query:
+            self.reset_pending = True
         if view is None:
             self._framer.watch = _LINKED_WATCH
         else:
@@ -341,8 +377,15 @@ class ServerConnection(PeerProducer, Protocol):
         return self._parameter_messages
 
     def needs_cleanup(self) -> bool:
-        """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind."""
-        return self.lease.tx_status != b"I" or self.dirty_set or self.dirty_prepare or self.dirty_cursor
+        """True if a client left session state (a transaction, SET, PREPARE, DECLARE) behind,
+        or the pool's reset query is due."""
+        return (
+            self.lease.tx_status != b"I"
+            or self.dirty_set
+            or self.dirty_prepare
+            or self.dirty_cursor
+            or self.reset_pending
+        )
 
     def in_sync(self, wanted: frozenset) -> bool:
         """True if this server's session parameters are already C{wanted}'s."""
@@ -353,7 +396,18 @@ class ServerConnection(PeerProducer, Protocol):
         return self.usable and self.lease.reusable()
 
     def cleanup(self) -> Deferred:
-        """Run PgDoorman's checkin reset: ROLLBACK, RESET ROLE/ALL, DEALLOCATE ALL, CLOSE ALL."""
+        """Run PgDoorman's checkin reset (ROLLBACK, RESET ROLE/ALL, DEALLOCATE ALL, CLOSE ALL),
+        or with a reset query due, ROLLBACK if needed and then that query (DISCARD ALL
+        cannot run in the implicit transaction of a multi-statement query)."""
+        if self.reset_pending:
+            reset = self.home.reset_query
+            if self.lease.tx_status != b"I":
+                d = self.run("ROLLBACK")
+                d.addCallback(lambda _: self.run(reset))
+            else:
+                d = self.run(reset)
+            d.addCallback(self._reset)
+            return d
         parts = []
         if self.lease.tx_status != b"I":
             parts.append("ROLLBACK")
@@ -366,6 +420,12 @@ class ServerConnection(PeerProducer, Protocol):
         d = self.run("; ".join(parts))
         d.addCallback(self._cleaned, reset_all=self.dirty_set)
         return d
+
+    def _reset(self, _) -> None:
+        """The reset query ran: nothing a client set or prepared is assumed to remain."""
+        self.reset_pending = False
+        self.dirty_prepare = True
+        self._cleaned(None, reset_all=True)
 
     def _cleaned(self, _, reset_all: bool) -> None:
         if self.dirty_prepare and self.lease.cache is not None:
@@ -398,6 +458,21 @@ class ServerConnection(PeerProducer, Protocol):
             return None
 
         return d.addCallback(synced)
+
+    def cancel_started(self) -> None:
+        """A cancel request for this server's backend is on its way (SHOW POOLS
+        cl_cancel_req counts it)."""
+        self.cancels += 1
+        self.home.cancel_requests += 1
+
+    def cancel_done(self) -> None:
+        """PostgreSQL acted on one cancel request; the pool may have the server back once
+        none is left."""
+        self.cancels -= 1
+        self.home.cancel_requests -= 1
+        if not self.cancels and self.when_cancelled is not None:
+            then, self.when_cancelled = self.when_cancelled, None
+            then(self)
 
     def probe(self) -> Deferred:
         """PgDoorman's liveness check before handing out a long-idle server: an empty query."""
@@ -449,7 +524,10 @@ class ServerConnection(PeerProducer, Protocol):
             return
         self.lease.at_ready = False
         if mtype == ERROR_RESPONSE:
-            error = PgError.from_fields(m.parse_error_fields(body))
+            if body is None:
+                error = PgError(SQLSTATE.PROGRAM_LIMIT_EXCEEDED, "error too large for the pooler", "ERROR")
+            else:
+                error = PgError.from_fields(m.parse_error_fields(body))
             if error.severity in ("FATAL", "PANIC") or self._internal is None:
                 self.usable = False
             self._internal_error = error

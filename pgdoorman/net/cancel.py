@@ -1,5 +1,12 @@
 # -*- test-case-name: tests.test_frontend -*-
-"""Forwarding a client's CancelRequest to the server that serves it now."""
+"""Forwarding a client's CancelRequest to the server that serves it now.
+
+While a cancel is in flight its server is "being canceled" (PgBouncer's state): the pool does
+not hand it to another client until PostgreSQL has closed the cancel connection, which the
+postmaster does once it has signalled the backend. Otherwise a cancel racing with the end
+of one client's query could land on the next client's query on the same server. PgDoorman
+closes such servers instead; waiting keeps them, which matters in a cancel storm.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +18,53 @@ from .backend import OneServer, connect_to
 __all__ = ["cancel_query"]
 
 
-class _CancelSender(Protocol):
-    """Sends one CancelRequest and closes."""
+#: Seconds a cancel connection may stay open before the pooler stops waiting for it.
+CANCEL_TIMEOUT = 10.0
 
-    def __init__(self, pid: int, key: int) -> None:
+
+class _CancelSender(Protocol):
+    """Sends one CancelRequest and waits for PostgreSQL to close the connection.
+
+    @param done: called once, when the cancel was processed, failed or timed out.
+    """
+
+    def __init__(self, reactor, pid: int, key: int, done) -> None:
         self.pid = pid
         self.key = key
+        self.done = done
+        self._timer = reactor.callLater(CANCEL_TIMEOUT, self._expired)
 
     def connect_failed(self, reason) -> None:
         """A cancel that cannot be delivered is dropped, as libpq's would be."""
+        self._finish()
 
     def connectionMade(self) -> None:
-        """Send the request."""
+        """Send the request; PostgreSQL closes the connection when it has acted on it."""
         self.transport.write(m.cancel_request(self.pid, self.key))
-        self.transport.loseConnection()
+
+    def connectionLost(self, reason=None) -> None:
+        """PostgreSQL processed the request (or the connection failed)."""
+        self._finish()
+
+    def _expired(self) -> None:
+        self._timer = None
+        if self.transport is not None:
+            self.transport.abortConnection()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        done, self.done = self.done, None
+        if done is not None:
+            done()
 
 
 def cancel_query(reactor, server) -> None:
-    """Open a new connection to C{server}'s PostgreSQL and send its backend's cancel key."""
+    """Open a new connection to C{server}'s PostgreSQL and send its backend's cancel key;
+    the server is being canceled until PostgreSQL has acted on it."""
     host, port, timeout = server.address
-    connect_to(reactor, host, port, timeout, OneServer(_CancelSender(server.backend_pid, server.backend_key)))
+    server.cancel_started()
+    sender = _CancelSender(reactor, server.backend_pid, server.backend_key, server.cancel_done)
+    connect_to(reactor, host, port, timeout, OneServer(sender))

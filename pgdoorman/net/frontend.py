@@ -30,7 +30,7 @@ from ..session.client_input import (
 from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started
 from ..session.lease import ClientStream, Lease
 from ..session.parameters import wanted_from_startup, with_change
-from ..session.prepared import ClientStatements, render
+from ..session.prepared import ClientStatements, planner_key, render
 from ..session.state import ClientState
 from .backend import PeerProducer
 from .fastwrite import eager_writer
@@ -135,7 +135,7 @@ class ClientConnection(PeerProducer, Protocol):
         """Forward to the linked server (the hot path), or run the current login phase."""
         try:
             if self.phase == LINKED:
-                if self._framer.single(data) == QUERY:
+                if self._framer.single(data) == QUERY and not self.stream.copy_dropped:
                     if self.statements is not None and data[5] in DEALLOCATE_FIRST:
                         if self._deallocate(data):
                             return
@@ -258,7 +258,12 @@ class ClientConnection(PeerProducer, Protocol):
         """The client proved its password: open the admin console, or join the pool."""
         self.user = login.params["user"]
         self.database = login.params["database"]
-        self.wanted = wanted_from_startup(login.params)
+        try:
+            self.wanted = wanted_from_startup(login.params)
+        except PgError as e:
+            self.write(self._take_greeting())
+            self.fatal(e.sqlstate, e.message, e.detail)
+            return
         registry = self.factory.registry
         if login.admin:
             self.phase = ADMIN
@@ -326,7 +331,7 @@ class ClientConnection(PeerProducer, Protocol):
     def _serve(self) -> None:
         """Start reading queries, with what the client pipelined behind its login first."""
         if self.transaction_mode and self.pool.statements is not None:
-            self.statements = ClientStatements(self.pool.statements)
+            self.statements = ClientStatements(self.pool.statements, planner_key(self.wanted))
         self._input = ClientInput(self.stream, self.statements)
         self._framer = self._input.framer
         held, self._held = self._held, []
@@ -423,7 +428,7 @@ class ClientConnection(PeerProducer, Protocol):
 
         With prepared statements mapped, what is kept are items to render for whichever
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
-        if self._framer.single(data) == QUERY:
+        if self._framer.single(data) == QUERY and not self.stream.copy_dropped:
             if self.statements is not None and data[5] in DEALLOCATE_FIRST and self._deallocate(data):
                 return
             self.stream.batch_open = False
@@ -496,7 +501,9 @@ class ClientConnection(PeerProducer, Protocol):
         if lease is None:
             quiet = self.phase == IDLE and not self._held
         else:
-            quiet = not lease.owed
+            # In a failed transaction PostgreSQL refuses the DEALLOCATE (25P02): its server
+            # answers that.
+            quiet = not lease.owed and lease.tx_status != b"E"
         if not quiet or self.stream.batch_open or name not in self.statements.named:
             return False
         self.statements.deallocate(name)

@@ -63,6 +63,10 @@ class IPoolServer(Protocol):
     on_lost: Callable
     #: the server's ParameterStatus values (at login, when the pool receives it).
     params: dict
+    #: cancel requests in flight for the server: the pool keeps it from other clients.
+    cancels: int
+    #: set by the pool: called with the server when its last cancel is done.
+    when_cancelled: "Callable | None"
 
     def needs_cleanup(self) -> bool:
         """True if the server must be reset before another client may use it."""
@@ -98,6 +102,9 @@ class Pool:
     @param statements: the pool's L{pgdoorman.session.prepared.PoolStatements}, or C{None} when
         prepared statements pass through unmapped (session mode, or switched off).
     @param server_statements_size: how many mapped statements each server keeps.
+    @param reset_query: what a server runs when a client is done with it, before the
+        next client may have it (C{server_reset_query}, for session mode or with
+        C{server_reset_query_always}); C{""} keeps PgDoorman's tracked check-in cleanup only.
     """
 
     log = logger()
@@ -117,8 +124,12 @@ class Pool:
         check_timeout: float = 0,
         statements=None,
         server_statements_size: int = 0,
+        reset_query: str = "",
     ) -> None:
         self.name = name
+        self.reset_query = reset_query
+        #: Cancel requests sent for this pool's servers and not yet acted on (cl_cancel_req).
+        self.cancel_requests = 0
         self.statements = statements
         self.server_statements_size = server_statements_size
         self.idle_timeout = idle_timeout
@@ -226,9 +237,13 @@ class Pool:
             self._cleaned(server)
 
     def release(self, server) -> None:
-        """Take back a server from a client; clean it up first if it needs it."""
+        """Take back a server from a client; clean it up first if it needs it, and wait
+        for the cancels in flight for it to be done."""
         if not server.usable or self.closed:
             self.discard(server)
+        elif server.cancels:
+            self._move(server, USED)
+            server.when_cancelled = self._cancelled
         elif server.needs_cleanup():
             self._move(server, USED)
             d = server.cleanup()
@@ -238,6 +253,10 @@ class Pool:
             self._move(server, IDLE)
         else:
             self._checkin(server)
+
+    def _cancelled(self, server) -> None:
+        if server.pool_state == USED:
+            self.release(server)
 
     def discard(self, server) -> None:
         """Forget a server (it died or is unusable) and close it; open a new one if needed."""

@@ -123,6 +123,11 @@ class PoolRegistry(Service):
                 check_timeout=general.server_idle_check_timeout / 1000.0,
                 statements=statements,
                 server_statements_size=pool_config.server_prepared_statements_cache_size,
+                reset_query=(
+                    general.server_reset_query
+                    if user_config.pool_mode == "session" or general.server_reset_query_always
+                    else ""
+                ),
             )
         return pool
 

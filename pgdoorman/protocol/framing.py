@@ -33,18 +33,22 @@ class Framer:
         replaced between calls to L{feed}.
     @ivar peek: message types reported without their bodies (C{body} is C{None}) as soon as
         their header is seen, so that large ones are never buffered.
+    @ivar oversize: watched types whose bodies above C{max_body} are reported as peeked
+        instead of refused (what the caller reads in them is optional).
     """
 
-    __slots__ = ("watch", "peek", "max_body", "_owed", "_head", "_body", "_btype")
+    __slots__ = ("watch", "peek", "oversize", "max_body", "_owed", "_head", "_body", "_btype")
 
     def __init__(
         self,
         watch: frozenset = frozenset(),
         max_body: int = MAX_WATCHED_BODY,
         peek: frozenset = frozenset(),
+        oversize: frozenset = frozenset(),
     ) -> None:
         self.watch = watch
         self.peek = peek
+        self.oversize = oversize
         self.max_body = max_body
         self._owed = 0
         self._head = b""
@@ -84,6 +88,16 @@ class Framer:
         return self._head
 
     @property
+    def pending_type(self) -> "int | None":
+        """The type byte of a watched message begun but not complete yet, or of a cut-off
+        header; C{None} at a boundary or inside an unwatched message."""
+        if self._head:
+            return self._head[0]
+        if self._body is not None:
+            return self._btype
+        return None
+
+    @property
     def at_boundary(self) -> bool:
         """True when the bytes fed so far end exactly at a message boundary."""
         return not self._owed and not self._head
@@ -95,7 +109,8 @@ class Framer:
         (C{None} for peeked types), and the offset in C{data} just past the message (for a
         peeked message that is still incomplete, past the end of C{data}).
 
-        @raise PgError: a length below 4, or a watched body above C{max_body}.
+        @raise PgError: a length below 4, or a watched body above C{max_body} (but for the
+            C{oversize} types, which are then reported as peeked).
         """
         n = len(data)
         pos = 0
@@ -131,11 +146,18 @@ class Framer:
             end = pos + 1 + length
             if mtype in watch:
                 if length - 4 > self.max_body:
-                    raise PgError(
-                        SQLSTATE.PROTOCOL_VIOLATION,
-                        f"message of type {chr(mtype)!r} too large ({length} bytes)",
-                    )
-                if end <= n:
+                    if mtype not in self.oversize:
+                        raise PgError(
+                            SQLSTATE.PROTOCOL_VIOLATION,
+                            f"message of type {chr(mtype)!r} too large ({length} bytes)",
+                        )
+                    if events is _NO_EVENTS:
+                        events = []
+                    events.append((mtype, None, end - shift))
+                    if end > n:
+                        self._owed = end - n
+                        return events
+                elif end <= n:
                     if events is _NO_EVENTS:
                         events = []
                     events.append((mtype, data[pos + 5 : end], end - shift))

@@ -10,7 +10,6 @@ Describe and Close messages to map (L{pgdoorman.session.prepared}).
 
 from __future__ import annotations
 
-import re
 
 from ..protocol import messages as m
 from ..protocol.constants import (
@@ -25,9 +24,11 @@ from ..protocol.constants import (
     FUNCTION_CALL,
     PARSE,
     QUERY,
+    SQLSTATE,
     SYNC,
     TERMINATE,
 )
+from ..protocol.errors import PgError
 from ..protocol.framing import ALL_TYPES, Framer
 from .lease import ClientStream
 from .prepared import PARSE as PARSE_ITEM
@@ -51,8 +52,8 @@ _PREPARED_MAX_BODY = 1 << 30
 #: The item that marks one request among raw runs (L{pgdoorman.session.prepared.render}).
 ONE_REQUEST = (REQUESTS, 1)
 
-#: SQL DEALLOCATE of one statement name.
-_DEALLOCATE = re.compile(rb'\s*deallocate\s+(?:prepare\s+)?("(?:[^"]|"")+"|[^\s;"]+)\s*;?\s*\x00\Z', re.I)
+#: What PostgreSQL's scanner takes for white space.
+_SPACE = b" \t\n\r\f\v"
 #: First body bytes a DEALLOCATE Query can start with: most Queries are rejected on one byte.
 DEALLOCATE_FIRST = frozenset(b" \t\n\r\x0bdD")
 
@@ -75,6 +76,9 @@ class ClientInput:
         else:
             self.framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK)
         self._carry = b""
+        self._skip = 0
+        self._skip_end = False
+        self._skip_head = b""
 
     def feed(self, data: bytes) -> tuple:
         """Read one chunk.
@@ -83,6 +87,10 @@ class ClientInput:
             with prepared statements the items to render for it; up to Terminate), how many
             requests it holds, and whether the client sent Terminate.
         """
+        if self.stream.copy_dropped:
+            data = self._drop_late_copy(data)
+            if not data:
+                return ([] if self.view is not None else b""), 0, False
         if self.view is not None:
             return self._cut(data)
         framer = self.framer
@@ -113,6 +121,47 @@ class ClientInput:
             self._carry = head
             return whole[: len(whole) - len(head)], requests, False
         return data, requests, False
+
+    def _drop_late_copy(self, data: bytes) -> bytes:
+        """Drop the CopyData, CopyDone and CopyFail at the start of C{data} (and the rest of
+        one begun in an earlier chunk); return what follows them. The framer never sees
+        the dropped bytes, so it stays at a message boundary. The stream's C{copy_dropped}
+        ends with a CopyDone or CopyFail, or with any other message."""
+        stream = self.stream
+        if self._skip:
+            if self._skip >= len(data):
+                self._skip -= len(data)
+                if not self._skip and self._skip_end:
+                    stream.copy_dropped = False
+                return b""
+            data = data[self._skip :]
+            self._skip = 0
+            if self._skip_end:
+                stream.copy_dropped = False
+                return data
+        if self._skip_head:
+            data = self._skip_head + data
+            self._skip_head = b""
+        while True:
+            if len(data) < 5:
+                self._skip_head = data
+                return b""
+            mtype = data[0]
+            if mtype != COPY_DATA and mtype != COPY_DONE and mtype != COPY_FAIL:
+                stream.copy_dropped = False
+                return data
+            end = 1 + int.from_bytes(data[1:5], "big")
+            if end < 5:
+                raise PgError(SQLSTATE.PROTOCOL_VIOLATION, f"invalid message length {end - 1}")
+            last = mtype != COPY_DATA
+            if end > len(data):
+                self._skip = end - len(data)
+                self._skip_end = last
+                return b""
+            data = data[end:]
+            if last:
+                stream.copy_dropped = False
+                return data
 
     def _cut(self, data: bytes) -> tuple:
         """Cut a chunk into raw runs and the Parse/Bind/Describe/Close messages to map, with
@@ -184,8 +233,9 @@ def _span(carry: bytes, data: bytes, start: int, end: int) -> bytes:
 
 def prepare_only_answer(items: list) -> "bytes | None":
     """The pooler's own answer to Parse and Sync alone (libpq's PQprepare), or C{None} if
-    C{items} are anything else: the statement reaches a server with the first Bind or
-    Describe that needs it. Besides saving a round trip, this keeps a synchronous prepare
+    C{items} are anything else, or parse a statement no server has parsed successfully yet
+    (PostgreSQL reports a bad statement at its Parse): the statement reaches a server with
+    the first Bind or Describe that needs it. Besides saving a round trip, this keeps a synchronous prepare
     from waiting on a full pool while its own thread holds a server in a transaction
     (pgbench -M prepared does that)."""
     if type(items[0]) is not tuple or items[0][0] != PARSE_ITEM:
@@ -194,7 +244,7 @@ def prepare_only_answer(items: list) -> "bytes | None":
     for item in items:
         if item is ONE_REQUEST:
             answer.append(m.READY_IDLE)
-        elif type(item) is tuple and item[0] == PARSE_ITEM:
+        elif type(item) is tuple and item[0] == PARSE_ITEM and item[1].parsed:
             answer.append(m.PARSE_COMPLETE)
         elif item != m.SYNC:
             return None
@@ -203,12 +253,25 @@ def prepare_only_answer(items: list) -> "bytes | None":
 
 def deallocate_name(query: bytes) -> "bytes | None":
     """The statement name of a Query that is exactly SQL C{DEALLOCATE [PREPARE] name}, as
-    PostgreSQL folds it; C{None} for anything else, C{DEALLOCATE ALL} included."""
-    match = _DEALLOCATE.match(query, 5)
-    if match is None:
+    PostgreSQL folds it; C{None} for anything else, C{DEALLOCATE ALL} included.
+
+    Read in one pass (strip, compare, find): no pattern that could backtrack, so a Query of
+    any length costs linear time on the event loop."""
+    if query[-1:] != b"\x00":
         return None
-    name = match.group(1)
-    if name[:1] == b'"':
-        return name[1:-1].replace(b'""', b'"')
-    name = name.lower()
+    text = query[5:-1].strip(_SPACE)
+    if text[-1:] == b";":
+        text = text[:-1].rstrip(_SPACE)
+    if text[:10].lower() != b"deallocate" or text[10:11] not in _SPACE or len(text) < 12:
+        return None
+    rest = text[10:].lstrip(_SPACE)
+    if rest[:7].lower() == b"prepare" and rest[7:8] and rest[7:8] in _SPACE:
+        rest = rest[7:].lstrip(_SPACE)
+    if rest[:1] == b'"':
+        if len(rest) < 3 or rest[-1:] != b'"' or b'"' in rest[1:-1].replace(b'""', b""):
+            return None
+        return rest[1:-1].replace(b'""', b'"')
+    if not rest or any(c in rest for c in (b";", b'"')) or any(c in _SPACE for c in rest):
+        return None
+    name = rest.lower()
     return None if name == b"all" else name

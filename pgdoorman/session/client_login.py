@@ -173,10 +173,10 @@ class ClientLogin:
             out.append(m.auth_sasl([SCRAM_MECHANISM]))
 
     def _auth_phase(self, data: bytes, out: list) -> None:
-        for mtype, body, end in self._framer.feed(data):
+        framer = self._framer
+        for mtype, body, end in framer.feed(data):
             if mtype != PASSWORD:
-                got = f"got message type {chr(mtype)!r}"
-                raise PgError(SQLSTATE.PROTOCOL_VIOLATION, f"expected password response, {got}")
+                raise self._unexpected(mtype)
             try:
                 client_key = self._password_message(body, out)
             except AuthenticationFailed:
@@ -185,6 +185,15 @@ class ClientLogin:
                 out.append(m.AUTH_OK)
                 out.append(LoggedIn(self._params, self._account.admin, client_key, data[end:]))
                 return
+        # PostgreSQL reads the type byte first: a message of another type (a StartupMessage
+        # sent again, say) is refused at once, not after its declared length arrived.
+        pending = framer.pending_type
+        if pending is not None and pending != PASSWORD:
+            raise self._unexpected(pending)
+
+    def _unexpected(self, mtype: int) -> PgError:
+        what = "password" if self._state == _MD5 else "SASL"
+        return PgError(SQLSTATE.PROTOCOL_VIOLATION, f"expected {what} response, got message type {mtype}")
 
     def _password_message(self, body: bytes, out: list) -> "bytes | None":
         """Check one password message; the ClientKey once a SCRAM exchange succeeded."""

@@ -38,16 +38,21 @@ class ClientStream(Counters):
         the client's adapter only).
     @ivar copy_in: the client owes CopyDone or CopyFail (set by the lease when PostgreSQL
         starts a COPY FROM STDIN, cleared by the client's adapter when it sees the end).
+    @ivar copy_dropped: PostgreSQL ended the client's COPY FROM STDIN with an error before
+        the client's CopyDone: the client's late CopyData, CopyDone and CopyFail are
+        dropped, as PostgreSQL would ignore them (set by the lease, cleared by the client's
+        adapter when the client's COPY messages end).
     @ivar partial: the client's bytes so far stop inside a message (client's adapter).
     @ivar transaction_mode: its server goes back to the pool at the end of each transaction.
     """
 
-    __slots__ = ("batch_open", "copy_in", "partial", "transaction_mode")
+    __slots__ = ("batch_open", "copy_in", "copy_dropped", "partial", "transaction_mode")
 
     def __init__(self, transaction_mode: bool = False) -> None:
         super().__init__()
         self.batch_open = False
         self.copy_in = False
+        self.copy_dropped = False
         self.partial = False
         self.transaction_mode = transaction_mode
 
@@ -168,10 +173,15 @@ class Lease:
         return stream.transaction_mode and not stream.batch_open and not stream.copy_in and not stream.partial
 
     def failed(self) -> None:
-        """An ErrorResponse arrived for the bound client: count it, and drop the expected
-        answers of its Sync group (PostgreSQL skips the rest of the group)."""
-        self.stream.errors += 1
+        """An ErrorResponse arrived for the bound client: count it, drop the expected
+        answers of its Sync group (PostgreSQL skips the rest of the group), and end a COPY
+        FROM STDIN the client has not finished (PostgreSQL left copy mode)."""
+        stream = self.stream
+        stream.errors += 1
         self.stats.errors += 1
+        if stream.copy_in:
+            stream.copy_in = False
+            stream.copy_dropped = True
         if self.expect:
             self.skipped(self.answered + 1)
 

@@ -11,12 +11,16 @@ values clients asked for, so that most logins are answered without a server.
 from __future__ import annotations
 
 from ..protocol import messages as m
+from ..protocol.constants import SQLSTATE
+from ..protocol.errors import PgError
 from ..protocol.sql import quote_ident, quote_literal
 
 __all__ = ["TRACKED", "PoolParameters", "sync_plan", "wanted_from_startup", "with_change"]
 
-#: ParameterStatus values a client's SET changes are carried to its next servers
-#: (PgDoorman's sync_server_parameters list).
+#: The parameters PostgreSQL 15 reports with ParameterStatus (GUC_REPORT) that a session
+#: can change: a client's changes are carried to its next servers (PgDoorman's
+#: sync_server_parameters list, and default_transaction_read_only, reported since
+#: PostgreSQL 14).
 TRACKED = frozenset(
     (
         "client_encoding",
@@ -25,6 +29,7 @@ TRACKED = frozenset(
         "TimeZone",
         "standard_conforming_strings",
         "application_name",
+        "default_transaction_read_only",
     )
 )
 
@@ -36,12 +41,79 @@ _CANONICAL = {name.lower(): name for name in TRACKED}
 
 
 def wanted_from_startup(params: dict) -> frozenset:
-    """The wanted set of a client's StartupMessage parameters."""
-    return frozenset(
-        (_CANONICAL.get(k.lower(), k), v)
-        for k, v in params.items()
-        if k not in _NOT_SETTABLE and not k.startswith("_pq_.")
-    )
+    """The wanted set of a client's StartupMessage parameters, the settings of its
+    C{options} (C{-c name=value}, C{--name=value}) included.
+
+    A client that sent no application_name wants the empty string, as a direct session
+    has: the servers log in with the pool's name.
+
+    @raise PgError: C{options} holds something other than settings (PostgreSQL's other
+        server switches cannot be applied to a pooled server).
+    """
+    wanted = {"application_name": ""}
+    settings = [(k, v) for k, v in params.items() if k not in _NOT_SETTABLE and not k.startswith("_pq_.")]
+    settings += parse_options(params.get("options", ""))
+    for name, value in settings:
+        wanted[_CANONICAL.get(name.lower(), name)] = value
+    return frozenset(wanted.items())
+
+
+def _split_options(text: str) -> list:
+    """The C{options} string cut at unescaped whitespace, as PostgreSQL's pg_split_opts
+    does (a backslash keeps the next character)."""
+    args = []
+    current: "list | None" = None
+    escaped = False
+    for ch in text:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            if current is None:
+                current = []
+            escaped = True
+        elif ch.isspace():
+            if current is not None:
+                args.append("".join(current))
+                current = None
+        else:
+            if current is None:
+                current = []
+            current.append(ch)
+    if current is not None:
+        args.append("".join(current))
+    return args
+
+
+def parse_options(text: str) -> list:
+    """The C{(name, value)} settings of a startup C{options} string.
+
+    @raise PgError: an argument that is not C{-c name=value} or C{--name=value}.
+    """
+    out = []
+    args = _split_options(text)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "-c" and i + 1 < len(args):
+            i += 1
+            setting = args[i]
+        elif arg.startswith("-c") and len(arg) > 2:
+            setting = arg[2:]
+        elif arg.startswith("--") and len(arg) > 2:
+            setting = arg[2:]
+        else:
+            raise PgError(
+                SQLSTATE.FEATURE_NOT_SUPPORTED,
+                f'startup option "{arg}" is not supported by the pooler',
+                detail="Only settings (-c name=value, --name=value) can be applied to pooled servers.",
+            )
+        name, eq, value = setting.partition("=")
+        if not eq or not name:
+            raise PgError(SQLSTATE.SYNTAX_ERROR, f"--{setting} requires a value")
+        out.append((name.replace("-", "_"), value))
+        i += 1
+    return out
 
 
 def with_change(wanted: frozenset, name: str, value: str) -> frozenset:

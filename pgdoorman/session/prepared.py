@@ -38,7 +38,9 @@ __all__ = [
     "PoolStatements",
     "ServerStatements",
     "Statement",
+    "duplicate_error",
     "interner",
+    "planner_key",
     "render",
 ]
 
@@ -48,13 +50,25 @@ _PARSE, _BIND, _DESCRIBE, _CLOSE = c.PARSE, c.BIND, c.DESCRIBE, c.CLOSE
 REWRITTEN = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
 
 #: Item codes: a client Parse, Bind or Describe to render for the server it lands on, a
-#: client Close, and a count of requests (Query, Sync, FunctionCall) in the raw bytes before.
-PARSE, BIND, DESCRIBE, CLOSE, REQUESTS = range(5)
+#: client Close, a count of requests (Query, Sync, FunctionCall) in the raw bytes before, and
+#: a client Parse of a name it already has (PostgreSQL answers 42P05).
+PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE = range(6)
 
 #: What an expected ParseComplete/CloseComplete is: the client's own answer, one the client
-#: must not see (an injected Parse, an eviction's Close), or a CloseComplete standing in for
-#: the ParseComplete of a statement the server already had.
-PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE = range(5)
+#: must not see (an injected Parse, an eviction's Close), a CloseComplete standing in for
+#: the ParseComplete of a statement the server already had, or the error of a duplicate Parse.
+PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, DUPLICATE_PARSE = range(6)
+
+#: The startup settings a client's statements are planned under, part of the pool cache's
+#: key (PgDoorman's PLANNER_KEYS): two clients whose statements would resolve differently
+#: never share one.
+PLANNER_KEYS = (
+    "search_path",
+    "default_transaction_isolation",
+    "default_transaction_read_only",
+    "default_text_search_config",
+    "role",
+)
 
 #: Closing a portal that cannot exist: PostgreSQL answers CloseComplete and does nothing.
 _NOOP_CLOSE = m.message(b"C", b"PDOORMAN_NOOP\x00")
@@ -111,9 +125,11 @@ class Statement:
 
     @ivar kind: C{"named"}, C{"anonymous"} or C{"mixed"}: how clients prepared it.
     @ivar used: how many client Parses mapped to it.
+    @ivar parsed: a server answered its Parse with ParseComplete at least once, so a
+        client's Parse and Sync alone may be answered without a server.
     """
 
-    __slots__ = ("name", "query", "types", "kind", "used")
+    __slots__ = ("name", "query", "types", "kind", "used", "parsed")
 
     def __init__(self, query: bytes, types: bytes, kind: str) -> None:
         self.name = b"DOORMAN_%d" % next(_names)
@@ -121,6 +137,7 @@ class Statement:
         self.types = types
         self.kind = kind
         self.used = 0
+        self.parsed = False
 
     @property
     def parse(self) -> bytes:
@@ -133,21 +150,23 @@ class Statement:
 
 
 class PoolStatements:
-    """A pool's cache: (query text, parameter types) to L{Statement}, least recently used
-    dropped beyond C{size} (clients that still use a dropped one keep it)."""
+    """A pool's cache: (query text, parameter types, planner settings) to L{Statement},
+    least recently used dropped beyond C{size} (clients that still use a dropped one keep
+    it)."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.entries: OrderedDict = OrderedDict()
 
-    def get(self, query: bytes, types: bytes, kind: str) -> Statement:
-        """The statement for this text and these types, made if new."""
-        key = (query, types)
+    def get(self, query: bytes, types: bytes, kind: str, planner: tuple = ()) -> Statement:
+        """The statement for this text, these types and these planner settings (see
+        L{planner_key}), made if new."""
+        key = (query, types, planner)
         statement = self.entries.get(key)
         if statement is None:
             query = interner.intern(query)
             statement = Statement(query, types, kind)
-            self.entries[(query, types)] = statement
+            self.entries[(query, types, planner)] = statement
             if len(self.entries) > self.size:
                 _, old = self.entries.popitem(last=False)
                 interner.release(old.query)
@@ -205,15 +224,24 @@ class ServerStatements:
         self.pinned.clear()
 
 
+def planner_key(wanted) -> tuple:
+    """The planner settings of a client's startup parameters (C{wanted}'s pairs), as the
+    pool cache keys them."""
+    settings = dict(wanted)
+    return tuple(settings.get(name) for name in PLANNER_KEYS)
+
+
 class ClientStatements:
     """One client's view: its statement names (and its unnamed statement) to L{Statement}s.
 
+    @param planner: the client's L{planner_key}.
     @ivar named: client name to statement, kept until Close, DEALLOCATE or disconnect.
     @ivar anonymous: the statement of the client's latest unnamed Parse.
     """
 
-    def __init__(self, pool: PoolStatements) -> None:
+    def __init__(self, pool: PoolStatements, planner: tuple = ()) -> None:
         self.pool = pool
+        self.planner = planner
         self.named: dict = {}
         self.anonymous: "Statement | None" = None
 
@@ -229,7 +257,13 @@ class ClientStatements:
                 i = body.index(0)
                 j = body.index(0, i + 1)
                 name = body[:i]
-                statement = self.pool.get(body[i + 1 : j], body[j + 1 :], "named" if name else "anonymous")
+                if name in self.named:
+                    # PostgreSQL refuses to redefine a name; the server says so at the
+                    # position of this Parse (L{render}).
+                    return (DUPLICATE, self.named[name], name)
+                statement = self.pool.get(
+                    body[i + 1 : j], body[j + 1 :], "named" if name else "anonymous", self.planner
+                )
                 if name:
                     self.named[name] = statement
                 else:
@@ -288,11 +322,11 @@ class ClientStatements:
         return tuple(out)
 
     @classmethod
-    def restore(cls, pool: PoolStatements, prepared: tuple) -> "ClientStatements":
+    def restore(cls, pool: PoolStatements, prepared: tuple, planner: tuple = ()) -> "ClientStatements":
         """A client's view rebuilt from L{snapshot}'s output, in C{pool}'s cache."""
-        view = cls(pool)
+        view = cls(pool, planner)
         for p in prepared:
-            statement = pool.get(p.query, p.types, "named" if p.name else "anonymous")
+            statement = pool.get(p.query, p.types, "named" if p.name else "anonymous", planner)
             if p.name:
                 view.named[p.name] = statement
             else:
@@ -342,12 +376,31 @@ def render(items: list, lease) -> bytes:
             else:
                 expect.append((group, SWALLOW_PARSE, statement, None))
         pinned.add(name)
+        if code == DUPLICATE:
+            # The statement is on the server now: parsing its name again fails as the
+            # client's Parse would have, and L{duplicate_error} renames it in the error.
+            out.append(statement.parse)
+            expect.append((group, DUPLICATE_PARSE, statement, item[2]))
         if code == BIND:
             body = item[2] + name + b"\x00" + item[3]
             out.append(b"B" + (len(body) + 4).to_bytes(4, "big") + body)
         elif code == DESCRIBE:
             out.append(b"D" + (len(name) + 6).to_bytes(4, "big") + b"S" + name + b"\x00")
     return b"".join(out)
+
+
+def duplicate_error(body: bytes, sqlstate: str, expect) -> "bytes | None":
+    """The ErrorResponse a client gets for PostgreSQL's 42P05 (ErrorResponse C{body}) on a
+    duplicate Parse the pooler sent (a L{DUPLICATE_PARSE} in C{expect}): PostgreSQL's own,
+    naming the client's statement (bytes are replaced as they are, whatever the client
+    encoding); C{None} if the error is not one of those."""
+    if sqlstate != "42P05":
+        return None
+    for _, code, statement, name in expect:
+        quoted = b'"' + statement.name + b'"'
+        if code == DUPLICATE_PARSE and quoted in body:
+            return m.message(b"E", body.replace(quoted, b'"' + name + b'"'))
+    return None
 
 
 def _evict(cache: ServerStatements, group: int, out: list, expect: deque) -> bool:

@@ -1,0 +1,363 @@
+"""End-to-end: through the pooler, exactly what PostgreSQL answers.
+
+Every script here runs twice, against PostgreSQL directly and through pgdoorman with a pool of
+one server, and the answer streams must be equal (L{tests.difftool}). User C{tx} is pooled in
+transaction mode, C{sess} in session mode; both log in to PostgreSQL as their own role, so a
+direct session and a pooled one see the same catalog and the same permissions.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import TestCase
+
+from pgdoorman.protocol import messages as m
+
+from . import difftool as d
+from .difftool import Q, X
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
+
+PASSWORD = "pw-diff"
+
+USERS = "".join(
+    f"""
+[[pools.app.users]]
+username = "{name}"
+password = "{PASSWORD}"
+pool_size = 1
+pool_mode = "{mode}"
+server_username = "{name}"
+server_password = "{PASSWORD}"
+"""
+    for name, mode in (("tx", "transaction"), ("sess", "session"))
+)
+
+#: Seconds any one test may take.
+TEST_BOUND = 120
+
+
+class DifferentialMixin(ClusterMixin):
+    """A cluster with roles C{tx} and C{sess} and a database C{app}, and a pooler in front
+    of it with a pool of one server for each role."""
+
+    hba_method = "md5"
+
+    def setUp(self):
+        super().setUp()
+        cls = type(self)
+        if "initialised" not in cls.__dict__:
+            for name in ("tx", "sess"):
+                self.cluster.create_user(name, PASSWORD)
+            self.cluster.create_database("app", owner="tx")
+            self.cluster.sql(
+                "create table copytab (a int); create table shape (a int, b int);"
+                " insert into shape values (1, 2);"
+                " grant all on all tables in schema public to sess; grant create on schema public to sess",
+                database="app",
+                user="tx",
+            )
+            cls.initialised = True
+        config = pool_config(self.cluster, USERS, server_database="app", general='query_wait_timeout = "20s"')
+        self.pooler = PgdoormanProcess(config, self.mktemp())
+        self.pooler.start()
+        self.addCleanup(self.pooler.stop)
+        bound(self, TEST_BOUND, self.pooler)
+
+    def sides(self, user: str) -> tuple:
+        """The direct side and the pooled side for C{user}."""
+        return (
+            d.Side("postgres", self.cluster.port, user, PASSWORD, "app"),
+            d.Side("pgdoorman", self.pooler.port, user, PASSWORD, "app"),
+        )
+
+    def assertSame(self, script: list, user: str = "tx") -> None:
+        """PostgreSQL and the pooler answer C{script} alike."""
+        self.assertEqual(d.compare(script, *self.sides(user)), [])
+
+
+def _scripts(cls):
+    """Make a test of every C{script_*} attribute: (user, script)."""
+    for name in [n for n in vars(cls) if n.startswith("script_")]:
+        user, script = getattr(cls, name)
+
+        def test(self, script=script, user=user):
+            self.assertSame(script, user)
+
+        test.__name__ = "test_" + name[len("script_") :]
+        test.__doc__ = f"Script {name[len('script_'):]} ({user}): PostgreSQL's answers, through the pooler."
+        setattr(cls, test.__name__, test)
+    return cls
+
+
+@_scripts
+class ScriptTests(DifferentialMixin, TestCase):
+    """Hand-written scripts for the cases PostgreSQL and poolers are known to differ on."""
+
+    # -- the basics: simple and extended query, errors, pipelines
+
+    script_simple = ("tx", [Q(0, "select 1 as one, 'x'::text as t"), Q(0, ""), Q(0, "select 1; select 2")])
+    script_errors = (
+        "tx",
+        [Q(0, "select 1/0"), Q(0, "selec"), Q(0, "begin"), Q(0, "select 1/0"), Q(0, "select 1"), Q(0, "rollback")],
+    )
+    script_notice = ("tx", [Q(0, "do $$ begin raise notice 'hello %', 42; end $$")])
+    script_extended = (
+        "tx",
+        X(0, d.parse("", "select $1::int + 1"), d.bind("", "", ("41",)), d.describe("P", ""), d.execute(), d.SYNC),
+    )
+    script_pipeline_error = (
+        "tx",
+        X(
+            0,
+            d.parse("", "select 1/0"),
+            d.bind("", ""),
+            d.execute(),
+            d.parse("", "select 2"),
+            d.bind("", ""),
+            d.execute(),
+            d.SYNC,
+            d.parse("", "select 3"),
+            d.bind("", ""),
+            d.execute(),
+            d.SYNC,
+        ),
+    )
+    script_portal_rows = (
+        "tx",
+        [
+            Q(0, "begin"),
+            X(0, d.parse("", "select generate_series(1, 5)"), d.bind("p1", ""), d.execute("p1", 2), d.execute("p1", 2), d.SYNC),
+            X(0, d.execute("p1", 0), d.close_statement("P", "p1"), d.SYNC),
+            Q(0, "commit"),
+        ],
+    )
+    script_flush = (
+        "tx",
+        [
+            d.Send(0, d.parse("", "select 7") + d.bind("", "") + d.execute() + d.FLUSH),
+            d.ReadUntil(0, "C"),
+            d.Send(0, d.SYNC),
+            d.Read(0),
+        ],
+    )
+
+    # -- cancel (point 2)
+
+    script_cancel_running = (
+        "tx",
+        [d.Send(0, m.query("select pg_sleep(5)")), d.Pause(0.5), d.Cancel(0), d.Read(0), Q(0, "select 1")],
+    )
+    script_cancel_idle = ("tx", [Q(0, "select 1"), d.Cancel(0), d.Pause(0.2), Q(0, "select 2")])
+    script_cancel_in_transaction = (
+        "tx",
+        [
+            Q(0, "begin"),
+            d.Send(0, m.query("select pg_sleep(5)")),
+            d.Pause(0.5),
+            d.Cancel(0),
+            d.Read(0),
+            Q(0, "select 1"),
+            Q(0, "rollback"),
+        ],
+    )
+    script_cancel_other_client_idle = (
+        "tx",
+        [Q(0, "select 1"), d.Cancel(0), Q(1, "select pg_sleep(0.5)"), d.Cancel(0), Q(1, "select 2")],
+    )
+
+    # -- session mode hands over a clean session (point 3)
+
+    script_session_temp_table = (
+        "sess",
+        [Q(0, "create temp table t (a int)"), d.Close(0), Q(1, "select * from t")],
+    )
+    script_session_advisory_lock = (
+        "sess",
+        [
+            Q(0, "select pg_advisory_lock(42)"),
+            d.Close(0),
+            Q(1, "select count(*) from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()"),
+        ],
+    )
+    script_session_listen = ("sess", [Q(0, "listen chan"), d.Close(0), Q(1, "select pg_listening_channels()")])
+    script_session_sql_prepare = (
+        "sess",
+        [Q(0, "prepare p as select 1"), d.Close(0), Q(1, "execute p"), Q(1, "prepare p as select 2")],
+    )
+    script_session_protocol_prepare = (
+        "sess",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            d.Close(0),
+            X(1, d.parse("s1", "select 2"), d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_session_set = ("sess", [Q(0, "set work_mem = '1234kB'"), d.Close(0), Q(1, "show work_mem")])
+    script_session_hold_cursor = (
+        "sess",
+        [Q(0, "declare c cursor with hold for select 1"), d.Close(0), Q(1, "fetch c")],
+    )
+    script_session_role = (
+        "sess",
+        [Q(0, "set role tx"), d.Close(0), Q(1, "select current_user, session_user")],
+    )
+
+    # -- COPY FROM STDIN that fails before CopyDone (point 4)
+
+    script_copy_error_autocommit = (
+        "tx",
+        [
+            d.Send(0, m.query("copy copytab from stdin")),
+            d.ReadUntil(0, "G"),
+            d.Send(0, d.copy_data(b"not a number\n")),
+            d.Read(0),
+            Q(1, "select 1"),
+            d.Send(0, d.copy_data(b"1\n") + d.COPY_DONE),
+            Q(0, "select 2"),
+            Q(1, "select 3"),
+        ],
+    )
+    script_copy_error_in_transaction = (
+        "tx",
+        [
+            Q(0, "begin"),
+            d.Send(0, m.query("copy copytab from stdin")),
+            d.ReadUntil(0, "G"),
+            d.Send(0, d.copy_data(b"x\n")),
+            d.Read(0),
+            d.Send(0, d.COPY_DONE),
+            Q(0, "select 1"),
+            Q(0, "rollback"),
+            Q(1, "select 2"),
+        ],
+    )
+    script_copy_fail = (
+        "tx",
+        [
+            d.Send(0, m.query("copy copytab from stdin")),
+            d.ReadUntil(0, "G"),
+            d.Send(0, d.copy_data(b"1\n") + d.copy_fail("changed my mind")),
+            d.Read(0),
+            Q(1, "select count(*) from copytab"),
+        ],
+    )
+    script_copy_out = ("tx", [Q(0, "copy (select generate_series(1, 3)) to stdout")])
+
+    # -- prepared statements (point 5)
+
+    script_parse_missing_table = ("tx", X(0, d.parse("s1", "select * from nosuch"), d.SYNC))
+    script_parse_syntax_error = ("tx", [X(0, d.parse("s1", "selec 1"), d.SYNC), X(0, d.parse("", "selec 2"), d.SYNC)])
+    script_parse_twice = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            X(0, d.parse("s1", "select 2"), d.SYNC),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_parse_close_parse = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            X(0, d.close_statement("S", "s1"), d.parse("s1", "select 2"), d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_parse_deallocate_parse = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            Q(0, "deallocate s1"),
+            X(0, d.parse("s1", "select 2"), d.bind("", "s1"), d.execute(), d.SYNC),
+            Q(0, "deallocate s1"),
+        ],
+    )
+    script_deallocate_in_failed_transaction = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            Q(0, "begin"),
+            Q(0, "select 1/0"),
+            Q(0, "deallocate s1"),
+            Q(0, "rollback"),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_close_unknown = ("tx", X(0, d.close_statement("S", "nosuch"), d.close_statement("P", "nosuch"), d.SYNC))
+    script_bind_unknown = ("tx", X(0, d.bind("", "nosuch"), d.execute(), d.SYNC))
+    script_sql_prepare_execute = (
+        "tx",
+        [Q(0, "begin"), Q(0, "prepare p(int) as select $1 * 2"), Q(0, "execute p(21)"), Q(0, "deallocate p"), Q(0, "commit")],
+    )
+    script_prepared_two_clients = (
+        "tx",
+        [
+            X(0, d.parse("a", "select $1::int * 3"), d.SYNC),
+            X(1, d.parse("b", "select $1::int * 3"), d.bind("", "b", ("2",)), d.execute(), d.SYNC),
+            X(0, d.bind("", "a", ("5",)), d.execute(), d.SYNC),
+            X(1, d.describe("S", "b"), d.close_statement("S", "b"), d.SYNC),
+            X(0, d.describe("S", "a"), d.SYNC),
+        ],
+    )
+    script_ddl_changes_result_type = (
+        "tx",
+        [
+            Q(0, "create table ddl_shape (a int)"),
+            X(0, d.parse("s1", "select * from ddl_shape"), d.describe("S", "s1"), d.SYNC),
+            Q(1, "alter table ddl_shape add column b int"),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+            Q(1, "drop table ddl_shape"),
+        ],
+    )
+
+    # -- reported parameters (point 6)
+
+    script_login_parameters = ("tx", [d.Connect(0), Q(0, "show application_name")])
+    script_startup_parameters = (
+        "tx",
+        [
+            d.Connect(0, {"application_name": "zero", "TimeZone": "Asia/Tokyo", "DateStyle": "SQL, DMY"}),
+            d.Connect(1, {"application_name": "one", "TimeZone": "America/New_York", "IntervalStyle": "iso_8601"}),
+            d.Connect(2, {"client_encoding": "LATIN1"}),
+            Q(0, "select '2020-01-01 12:00+00'::timestamptz::text, interval '1 day 2 hours'"),
+            Q(1, "select '2020-01-01 12:00+00'::timestamptz::text, interval '1 day 2 hours'"),
+            Q(2, "select current_setting('application_name'), 'caf\u00e9'::text"),
+            Q(0, "set timezone = 'Europe/Paris'"),
+            Q(1, "select '2020-01-01 12:00+00'::timestamptz::text, current_setting('application_name')"),
+            Q(0, "select '2020-01-01 12:00+00'::timestamptz::text, current_setting('application_name')"),
+            Q(2, "show timezone"),
+        ],
+    )
+    script_set_follows_client = (
+        "tx",
+        [
+            Q(0, "set application_name = 'a0'"),
+            Q(1, "set intervalstyle = 'postgres_verbose'"),
+            Q(0, "select interval '1 day', current_setting('application_name')"),
+            Q(1, "select interval '1 day', current_setting('application_name')"),
+            Q(1, "reset all"),
+            Q(1, "select interval '1 day'"),
+        ],
+    )
+    script_startup_read_only = (
+        "tx",
+        [
+            d.Connect(0, {"options": "-c default_transaction_read_only=on"}),
+            Q(0, "insert into copytab values (1)"),
+            Q(0, "show default_transaction_read_only"),
+            Q(1, "show default_transaction_read_only"),
+        ],
+    )
+    script_three_clients_interleaved = (
+        "tx",
+        [
+            d.Connect(0, {"TimeZone": "UTC", "DateStyle": "German"}),
+            d.Connect(1, {"TimeZone": "Australia/Sydney", "application_name": "b"}),
+            Q(2, "set client_encoding = 'SQL_ASCII'"),
+            Q(0, "begin"),
+            Q(0, "select '2020-01-01 12:00+00'::timestamptz::text"),
+            Q(0, "commit"),
+            Q(1, "select '2020-01-01 12:00+00'::timestamptz::text"),
+            Q(2, "show client_encoding"),
+            Q(0, "show application_name"),
+            Q(1, "show datestyle"),
+        ],
+    )
