@@ -5,8 +5,9 @@ A script is a list of steps (L{Q}, L{Send}, L{Read}, L{Cancel}, L{Close}, L{Paus
 a few numbered clients. Each client's answers are collected over the whole script, its login
 included, and normalized only where a pooler must differ: the BackendKeyData (the pooler
 issues its own), the authentication exchange (the pooler offers its own method), the
-backend process id in a NotificationResponse, and the table OIDs of a RowDescription (a
-table the script creates is created anew on each side). Everything else must be equal: every
+backend process id in a NotificationResponse, the table OIDs of a RowDescription (a
+table the script creates is created anew on each side), and the source file, line and
+routine fields of an error. Everything else must be equal: every
 ParameterStatus, RowDescription, DataRow, CommandComplete, every field of every
 ErrorResponse and NoticeResponse, every ReadyForQuery status.
 
@@ -24,6 +25,7 @@ import attrs
 
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
+from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
 from .rawclient import RawClient, send_cancel
 
@@ -31,6 +33,7 @@ __all__ = [
     "Cancel",
     "Close",
     "Connect",
+    "Drain",
     "Pause",
     "Q",
     "Read",
@@ -42,6 +45,7 @@ __all__ = [
     "compare",
     "describe",
     "execute",
+    "framed",
     "parse",
     "run",
     "X",
@@ -138,6 +142,15 @@ class ReadUntil:
 
     client: int
     mtype: str
+
+
+@attrs.frozen
+class Drain:
+    """Client C{client} sends Sync and an empty Query, and reads up to the empty Query's
+    answer: whatever the client sent before, its answers are then all in (PostgreSQL
+    answers an empty Query in any transaction state, and Sync ends any skipping)."""
+
+    client: int
 
 
 @attrs.frozen
@@ -281,6 +294,13 @@ def run(script: list, side: Side) -> dict:
                 c = client(step.client)
                 if not c.closed:
                     c.read(step.ready)
+            elif isinstance(step, Drain):
+                c = client(step.client)
+                if not c.closed:
+                    c.raw.send(SYNC + m.query(""))
+                    c.read(0, "I")
+                    if c.answers[-1][0] == "I":
+                        c.read(1)
             elif isinstance(step, ReadUntil):
                 c = client(step.client)
                 if not c.closed:
@@ -315,6 +335,11 @@ def _flatten(script: list):
             yield step
 
 
+#: ErrorResponse fields that locate PostgreSQL's source code (file, line, routine): where
+#: the pooler words an error as PostgreSQL does, it cannot know them.
+_SOURCE = frozenset("FLR")
+
+
 def normalize(answers: list) -> list:
     """What of a client's answers must be the same through a pooler, readably: each
     message as C{(type, contents)}."""
@@ -323,7 +348,8 @@ def normalize(answers: list) -> list:
         if mtype in ("R", "K"):
             continue
         if mtype in ("E", "N"):
-            out.append((mtype, tuple(sorted(m.parse_error_fields(body).items()))))
+            fields = m.parse_error_fields(body)
+            out.append((mtype, tuple(sorted((k, v) for k, v in fields.items() if k not in _SOURCE))))
         elif mtype == "S":
             out.append((mtype, m.parse_parameter_status(body)))
         elif mtype == "A":
@@ -375,3 +401,7 @@ def compare(script: list, direct: Side, pooled: Side) -> list:
         )
     return out
 
+
+def framed(data: bytes) -> list:
+    """The messages of C{data}, as C{(type, body)}."""
+    return [(chr(t), b) for t, b, _ in Framer(ALL_TYPES).feed(data)]

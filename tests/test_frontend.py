@@ -593,15 +593,20 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.sent(), [])
         self.assertEqual(self.client.statements.named, {})
 
-    def test_sql_deallocate_waits_its_turn(self):
-        """With answers still owed to the client (an extended batch without Sync), SQL
-        DEALLOCATE is not answered out of order by the pooler: it goes to the server."""
+    def test_query_inside_a_batch_is_refused(self):
+        """A simple Query inside an extended batch (Bind, Execute, no Sync yet) is refused
+        in transaction mode: after an error in the batch PostgreSQL would skip it without
+        an answer, and the server would never be free again. The client gets 0A000, the
+        server is closed (the batch is unfinished), nothing more is forwarded."""
         self.prepare(self.client, b"_pg3_0", b"select 1")
         self.client.dataReceived(bind(b"_pg3_0") + EXECUTE)
         self.sent()
         self.client.dataReceived(m.query("DEALLOCATE _pg3_0"))
-        self.assertEqual(self.sent(), [("Q", b"DEALLOCATE _pg3_0\x00")])
-        self.assertEqual(self.received(), [])
+        self.assertEqual(self.sent(), [])
+        [(kind, body)] = _messages(self.client.transport.value())
+        self.assertEqual((kind, m.parse_error_fields(body)["C"]), ("E", "0A000"))
+        self.client.connectionLost(None)
+        self.assertEqual(self.server.pool_state, "closed")
 
     def test_sql_deallocate_of_other_names_goes_to_the_server(self):
         """SQL DEALLOCATE of a name the client never prepared through the protocol (an SQL

@@ -14,7 +14,7 @@ from pgdoorman.session.prepared import (
     ClientStatements,
     Interner,
     PoolStatements,
-    duplicate_error,
+    client_error,
     interner,
     planner_key,
 )
@@ -120,14 +120,33 @@ class ClientStatementsTests(SynchronousTestCase):
         Parse of it; PostgreSQL's 42P05 for that Parse is renamed to the client's name."""
         _, statement, _ = self.client.translate(ord("P"), b"s1\x00select 1\x00\x00\x00")
         item = self.client.translate(ord("P"), b"s1\x00select 2\x00\x00\x00")
-        self.assertEqual(item, (DUPLICATE, statement, b"s1"))
+        self.assertEqual(item, (DUPLICATE, statement, b"s1", b"select 2\x00\x00\x00"))
         self.assertIs(self.client.named[b"s1"], statement)
         expect = [(1, DUPLICATE_PARSE, statement, b"s1")]
-        error = m.error_response("42P05", f'prepared statement "{statement.name.decode()}" already exists', "ERROR")
-        renamed = duplicate_error(error[5:], "42P05", expect)
+        ours = statement.name.decode()
+        error = m.error_response("42P05", f'prepared statement "{ours}" already exists', "ERROR")
+        renamed = client_error(error[5:], ClientStatements(PoolStatements(1)), expect)
         self.assertEqual(m.parse_error_fields(renamed[5:])["M"], 'prepared statement "s1" already exists')
-        self.assertIsNone(duplicate_error(error[5:], "42601", expect))
-        self.assertIsNone(duplicate_error(error[5:], "42P05", []))
+
+    def test_errors_name_the_clients_statements(self):
+        """PostgreSQL's errors name the client's own statement, not the pooler's; errors
+        that name none are left alone."""
+        _, named, _ = self.client.translate(ord("P"), b"mine\x00select $1\x00\x00\x00")
+        _, anonymous, _ = self.client.translate(ord("P"), b"\x00select $2\x00\x00\x00")
+        for statement, shown in ((named, "mine"), (anonymous, "")):
+            text = f'bind message supplies 0 parameters, but prepared statement "{statement.name.decode()}" requires 1'
+            error = m.error_response("08P01", text, "ERROR")
+            renamed = client_error(error[5:], self.client, [])
+            self.assertEqual(
+                m.parse_error_fields(renamed[5:])["M"],
+                f'bind message supplies 0 parameters, but prepared statement "{shown}" requires 1',
+            )
+        self.assertIsNone(client_error(m.error_response("42601", 'near "DOORMAN_x"')[5:], self.client, []))
+        self.client.forget(b"", anonymous)
+        missing = m.error_response("26000", f'prepared statement "{anonymous.name.decode()}" does not exist', "ERROR")
+        renamed = client_error(missing[5:], self.client, [])
+        self.assertEqual(m.parse_error_fields(renamed[5:])["M"], "unnamed prepared statement does not exist")
+        self.assertIsNone(client_error(m.error_response("42601", "syntax error")[5:], self.client, []))
 
     def test_planner_settings_in_key(self):
         """Clients whose startup planner settings differ never share a statement."""

@@ -40,7 +40,7 @@ from ..session.prepared import (
     SWALLOW_CLOSE,
     SWALLOW_PARSE,
     ServerStatements,
-    duplicate_error,
+    client_error,
 )
 from ..session.server_login import ServerLogin
 from .fastwrite import eager_writer
@@ -246,7 +246,7 @@ class ServerConnection(PeerProducer, Protocol):
                     continue
                 _, code, statement, _ = lease.expect.popleft()
                 if code == PASS_PARSE or code == SWALLOW_PARSE:
-                    statement.parsed = True
+                    lease.cache.parsed(statement)
                 if code == SWALLOW_PARSE or code == SWALLOW_CLOSE or code == CLOSE_AS_PARSE:
                     if out is None:
                         out = []
@@ -267,8 +267,8 @@ class ServerConnection(PeerProducer, Protocol):
                     lease.failed()
                     continue
                 fields = m.parse_error_fields(body)
-                if lease.expect:
-                    renamed = duplicate_error(body, fields.get("C"), lease.expect)
+                if lease.view is not None:
+                    renamed = client_error(body, lease.view, lease.expect)
                     if renamed is not None:
                         if out is None:
                             out = []

@@ -135,11 +135,14 @@ class ClientConnection(PeerProducer, Protocol):
         """Forward to the linked server (the hot path), or run the current login phase."""
         try:
             if self.phase == LINKED:
-                if self._framer.single(data) == QUERY and not self.stream.copy_dropped:
-                    if self.statements is not None and data[5] in DEALLOCATE_FIRST:
-                        if self._deallocate(data):
+                stream = self.stream
+                if self._framer.single(data) == QUERY and not (stream.copy_dropped or stream.batch_open):
+                    statements = self.statements
+                    if statements is not None:
+                        if data[5] in DEALLOCATE_FIRST and self._deallocate(data):
                             return
-                    self.stream.batch_open = False
+                        if statements.anonymous is not None:
+                            statements.drop_anonymous()
                     self.lease.forward(len(data), 1)
                     self.server.write(data)
                     return
@@ -428,10 +431,14 @@ class ClientConnection(PeerProducer, Protocol):
 
         With prepared statements mapped, what is kept are items to render for whichever
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
-        if self._framer.single(data) == QUERY and not self.stream.copy_dropped:
-            if self.statements is not None and data[5] in DEALLOCATE_FIRST and self._deallocate(data):
-                return
-            self.stream.batch_open = False
+        stream = self.stream
+        if self._framer.single(data) == QUERY and not (stream.copy_dropped or stream.batch_open):
+            statements = self.statements
+            if statements is not None:
+                if data[5] in DEALLOCATE_FIRST and self._deallocate(data):
+                    return
+                if statements.anonymous is not None:
+                    statements.drop_anonymous()
             payload = data
             requests = 1
         else:

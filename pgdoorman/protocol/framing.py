@@ -35,9 +35,11 @@ class Framer:
         their header is seen, so that large ones are never buffered.
     @ivar oversize: watched types whose bodies above C{max_body} are reported as peeked
         instead of refused (what the caller reads in them is optional).
+    @ivar empty: peeked types that have no body (Sync, Flush): one with a body is refused
+        as PostgreSQL refuses it, so that the caller can count on each one's answer.
     """
 
-    __slots__ = ("watch", "peek", "oversize", "max_body", "_owed", "_head", "_body", "_btype")
+    __slots__ = ("watch", "peek", "oversize", "empty", "max_body", "_owed", "_head", "_body", "_btype")
 
     def __init__(
         self,
@@ -45,10 +47,12 @@ class Framer:
         max_body: int = MAX_WATCHED_BODY,
         peek: frozenset = frozenset(),
         oversize: frozenset = frozenset(),
+        empty: frozenset = frozenset(),
     ) -> None:
         self.watch = watch
         self.peek = peek
         self.oversize = oversize
+        self.empty = empty
         self.max_body = max_body
         self._owed = 0
         self._head = b""
@@ -109,8 +113,9 @@ class Framer:
         (C{None} for peeked types), and the offset in C{data} just past the message (for a
         peeked message that is still incomplete, past the end of C{data}).
 
-        @raise PgError: a length below 4, or a watched body above C{max_body} (but for the
-            C{oversize} types, which are then reported as peeked).
+        @raise PgError: a length below 4, a watched body above C{max_body} (but for the
+            C{oversize} types, which are then reported as peeked), or a body in an C{empty}
+            type.
         """
         n = len(data)
         pos = 0
@@ -168,6 +173,8 @@ class Framer:
                     return events
             else:
                 if mtype in peek:
+                    if length != 4 and mtype in self.empty:
+                        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "invalid message format")
                     if events is _NO_EVENTS:
                         events = []
                     events.append((mtype, None, end - shift))

@@ -10,7 +10,6 @@ Describe and Close messages to map (L{pgdoorman.session.prepared}).
 
 from __future__ import annotations
 
-
 from ..protocol import messages as m
 from ..protocol.constants import (
     BIND,
@@ -43,6 +42,13 @@ _BATCH = frozenset((PARSE, BIND, DESCRIBE, EXECUTE, CLOSE, FLUSH))
 #: Every client message type except CopyData, whose per-row volume would cost too much.
 _PEEK = ALL_TYPES - {COPY_DATA, TERMINATE}
 _WATCH = frozenset((TERMINATE,))
+#: Messages without a body: a Sync with one would be refused by PostgreSQL without a
+#: ReadyForQuery, and the pooler would wait for that answer forever.
+_EMPTY = frozenset((SYNC, FLUSH))
+#: A simple Query or FunctionCall inside an extended-protocol batch (after Parse, Bind, ...
+#: and before Sync): after an error in the batch PostgreSQL skips it without an answer, so
+#: in transaction mode the pooler cannot know when the server is free.
+_NOT_IN_BATCH = frozenset((QUERY, FUNCTION_CALL))
 #: With prepared statements mapped: Parse, Bind, Describe and Close are read whole. A Bind
 #: is as large as its parameters; PostgreSQL's own limit for one message is 1 GB.
 _PREPARED_WATCH = _WATCH | REWRITTEN
@@ -72,9 +78,9 @@ class ClientInput:
         self.stream = stream
         self.view = view
         if view is None:
-            self.framer = Framer(_WATCH, peek=_PEEK)
+            self.framer = Framer(_WATCH, peek=_PEEK, empty=_EMPTY)
         else:
-            self.framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK)
+            self.framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK, empty=_EMPTY)
         self._carry = b""
         self._skip = 0
         self._skip_end = False
@@ -100,6 +106,8 @@ class ClientInput:
         requests = 0
         for mtype, _, end in events:
             if mtype in _REQUESTS:
+                if stream.batch_open and mtype in _NOT_IN_BATCH and stream.transaction_mode:
+                    raise _in_batch(mtype)
                 stream.batch_open = False
                 requests += 1
             elif mtype == TERMINATE:
@@ -185,6 +193,12 @@ class ClientInput:
             end += c
             if body is None:
                 if mtype in _REQUESTS:
+                    if mtype == QUERY:
+                        self.view.drop_anonymous()
+                        if stream.batch_open and stream.transaction_mode:
+                            raise _in_batch(mtype)
+                    elif mtype == FUNCTION_CALL and stream.batch_open and stream.transaction_mode:
+                        raise _in_batch(mtype)
                     stream.batch_open = False
                     requests += 1
                     if end > cut:
@@ -220,6 +234,14 @@ class ClientInput:
             items.append(_span(carry, data, pos, cut))
         self._carry = framer.partial_header
         return items, requests, False
+
+
+def _in_batch(mtype: int) -> PgError:
+    return PgError(
+        SQLSTATE.FEATURE_NOT_SUPPORTED,
+        f"a {'Query' if mtype == QUERY else 'FunctionCall'} message inside an extended-protocol"
+        " batch (before its Sync) is not supported in transaction mode",
+    )
 
 
 def _span(carry: bytes, data: bytes, start: int, end: int) -> bytes:

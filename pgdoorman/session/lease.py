@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .prepared import PASS_PARSE, SWALLOW_CLOSE, SWALLOW_PARSE
+from .prepared import PASS_PARSE, PASS_REPARSE, SWALLOW_CLOSE, SWALLOW_PARSE
 
 __all__ = ["ClientStream", "Counters", "Lease"]
 
@@ -214,6 +214,9 @@ class Lease:
             if code == PASS_PARSE or code == SWALLOW_PARSE:
                 self.cache.discard(statement)
                 if code == PASS_PARSE and self.view is not None:
+                    self.view.forget(name, statement)
+            elif code == PASS_REPARSE:
+                if self.view is not None:
                     self.view.forget(name, statement)
             elif code == SWALLOW_CLOSE:
                 self.cache.restore(statement)

@@ -38,7 +38,7 @@ __all__ = [
     "PoolStatements",
     "ServerStatements",
     "Statement",
-    "duplicate_error",
+    "client_error",
     "interner",
     "planner_key",
     "render",
@@ -56,8 +56,10 @@ PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE = range(6)
 
 #: What an expected ParseComplete/CloseComplete is: the client's own answer, one the client
 #: must not see (an injected Parse, an eviction's Close), a CloseComplete standing in for
-#: the ParseComplete of a statement the server already had, or the error of a duplicate Parse.
-PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, DUPLICATE_PARSE = range(6)
+#: the ParseComplete of a statement the server already had, the error of a duplicate Parse,
+#: or the answer to a client Parse sent again under the server's unnamed statement because
+#: the statement's own Parse, in an earlier Sync group, may yet fail.
+PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, DUPLICATE_PARSE, PASS_REPARSE = range(7)
 
 #: The startup settings a client's statements are planned under, part of the pool cache's
 #: key (PgDoorman's PLANNER_KEYS): two clients whose statements would resolve differently
@@ -69,6 +71,11 @@ PLANNER_KEYS = (
     "default_text_search_config",
     "role",
 )
+
+#: The name a client's unnamed statement is sent under when it has none: no server holds
+#: it, so PostgreSQL fails the Bind or Describe as it would for the client (the server's
+#: own unnamed statement is never the client's), and L{client_error} words it as such.
+_NO_STATEMENT = b"DOORMAN_NONE"
 
 #: Closing a portal that cannot exist: PostgreSQL answers CloseComplete and does nothing.
 _NOOP_CLOSE = m.message(b"C", b"PDOORMAN_NOOP\x00")
@@ -198,7 +205,7 @@ class ServerStatements:
     since the last request was sent are pinned: closing them would close the portals bound
     to them."""
 
-    __slots__ = ("size", "names", "hits", "misses", "pinned")
+    __slots__ = ("size", "names", "hits", "misses", "pinned", "pending")
 
     def __init__(self, size: int) -> None:
         self.size = size
@@ -206,6 +213,8 @@ class ServerStatements:
         self.hits = 0
         self.misses = 0
         self.pinned: set = set()
+        #: Statement name to the Sync group of its Parse not answered yet.
+        self.pending: dict = {}
 
     def __len__(self) -> int:
         return len(self.names)
@@ -213,6 +222,12 @@ class ServerStatements:
     def discard(self, statement: Statement) -> None:
         """The server does not hold C{statement} after all (its Parse failed or was skipped)."""
         self.names.pop(statement.name, None)
+        self.pending.pop(statement.name, None)
+
+    def parsed(self, statement: Statement) -> None:
+        """The server answered C{statement}'s Parse: it holds it for sure."""
+        self.pending.pop(statement.name, None)
+        statement.parsed = True
 
     def restore(self, statement: Statement) -> None:
         """The server still holds C{statement} (its eviction's Close was skipped)."""
@@ -222,6 +237,7 @@ class ServerStatements:
         """The server dropped every statement (DEALLOCATE ALL, DISCARD ALL)."""
         self.names.clear()
         self.pinned.clear()
+        self.pending.clear()
 
 
 def planner_key(wanted) -> tuple:
@@ -239,16 +255,22 @@ class ClientStatements:
     @ivar anonymous: the statement of the client's latest unnamed Parse.
     """
 
+    #: How many forgotten names L{client_error} can still put back in an error.
+    FORGOTTEN = 16
+
     def __init__(self, pool: PoolStatements, planner: tuple = ()) -> None:
         self.pool = pool
         self.planner = planner
         self.named: dict = {}
         self.anonymous: "Statement | None" = None
+        #: Server name to client name of the statements whose Parse failed lately: a
+        #: message sent behind such a Parse may still name it in PostgreSQL's error.
+        self.forgotten: dict = {}
 
     def translate(self, mtype: int, body: bytes):
-        """Turn one whole client message into an item for L{render}, or C{None} when it
-        goes on unchanged (it refers to nothing the pooler maps: the server then answers
-        it as PostgreSQL would).
+        """Turn one whole client message into an item for L{render} (or the bytes of the
+        message to send instead), or C{None} when it goes on unchanged (it refers to
+        nothing the pooler maps: the server then answers it as PostgreSQL would).
 
         @raise PgError: a message without its terminating zero bytes.
         """
@@ -258,9 +280,10 @@ class ClientStatements:
                 j = body.index(0, i + 1)
                 name = body[:i]
                 if name in self.named:
-                    # PostgreSQL refuses to redefine a name; the server says so at the
-                    # position of this Parse (L{render}).
-                    return (DUPLICATE, self.named[name], name)
+                    # PostgreSQL refuses to redefine a name (after parsing the new text,
+                    # whose own errors come first); the server says so at the position of
+                    # this Parse (L{render}).
+                    return (DUPLICATE, self.named[name], name, body[i + 1 :])
                 statement = self.pool.get(
                     body[i + 1 : j], body[j + 1 :], "named" if name else "anonymous", self.planner
                 )
@@ -276,6 +299,8 @@ class ClientStatements:
                 statement = self.named.get(name) if name else self.anonymous
                 if statement is not None:
                     return (BIND, statement, body[: i + 1], body[j + 1 :])
+                if not name:
+                    return m.message(b"B", body[: i + 1] + _NO_STATEMENT + b"\x00" + body[j + 1 :])
                 return None
             if mtype == _DESCRIBE:
                 if body[:1] == b"S":
@@ -283,6 +308,8 @@ class ClientStatements:
                     statement = self.named.get(name) if name else self.anonymous
                     if statement is not None:
                         return (DESCRIBE, statement)
+                    if not name:
+                        return m.message(b"D", b"S" + _NO_STATEMENT + b"\x00")
                 return None
             if body[:1] == b"S":
                 name = body[1 : body.index(0, 1)]
@@ -296,11 +323,24 @@ class ClientStatements:
 
     def forget(self, name: bytes, statement: Statement) -> None:
         """The Parse that made C{name} failed: the client has no such statement."""
+        if len(self.forgotten) >= self.FORGOTTEN:
+            self.forgotten.clear()
+        self.forgotten[statement.name] = name
         if name:
             if self.named.get(name) is statement:
                 del self.named[name]
         elif self.anonymous is statement:
             self.anonymous = None
+
+    def drop_anonymous(self) -> None:
+        """A simple Query dropped the unnamed statement (PostgreSQL's exec_simple_query
+        does); an error already on its way may still name it."""
+        statement = self.anonymous
+        if statement is not None:
+            self.anonymous = None
+            if len(self.forgotten) >= self.FORGOTTEN:
+                self.forgotten.clear()
+            self.forgotten[statement.name] = b""
 
     def deallocate(self, name: "bytes | None") -> bool:
         """SQL C{DEALLOCATE name} (C{None}: ALL). True if C{name} was the client's."""
@@ -363,13 +403,21 @@ def render(items: list, lease) -> bytes:
             names.move_to_end(name)
             cache.hits += 1
             if code == PARSE:
-                out.append(_NOOP_CLOSE)
-                expect.append((group, CLOSE_AS_PARSE, statement, item[2]))
+                if cache.pending.get(name, group) < group:
+                    # Its Parse in an earlier group may still fail; if it does, this
+                    # client's Parse must fail the same way: parse the text again, under
+                    # the server's unnamed statement, which the pooler never uses.
+                    out.append(m.message(b"P", b"\x00" + statement.query + b"\x00" + statement.types))
+                    expect.append((group, PASS_REPARSE, statement, item[2]))
+                else:
+                    out.append(_NOOP_CLOSE)
+                    expect.append((group, CLOSE_AS_PARSE, statement, item[2]))
         else:
             cache.misses += 1
             while len(names) >= cache.size and _evict(cache, group, out, expect):
                 pass
             names[name] = statement
+            cache.pending[name] = group
             out.append(statement.parse)
             if code == PARSE:
                 expect.append((group, PASS_PARSE, statement, item[2]))
@@ -377,9 +425,9 @@ def render(items: list, lease) -> bytes:
                 expect.append((group, SWALLOW_PARSE, statement, None))
         pinned.add(name)
         if code == DUPLICATE:
-            # The statement is on the server now: parsing its name again fails as the
-            # client's Parse would have, and L{duplicate_error} renames it in the error.
-            out.append(statement.parse)
+            # The statement is on the server now: parsing the new text under its name
+            # fails as the client's Parse would have, and L{duplicate_error} renames it.
+            out.append(m.message(b"P", name + b"\x00" + item[3]))
             expect.append((group, DUPLICATE_PARSE, statement, item[2]))
         if code == BIND:
             body = item[2] + name + b"\x00" + item[3]
@@ -389,18 +437,56 @@ def render(items: list, lease) -> bytes:
     return b"".join(out)
 
 
-def duplicate_error(body: bytes, sqlstate: str, expect) -> "bytes | None":
-    """The ErrorResponse a client gets for PostgreSQL's 42P05 (ErrorResponse C{body}) on a
-    duplicate Parse the pooler sent (a L{DUPLICATE_PARSE} in C{expect}): PostgreSQL's own,
-    naming the client's statement (bytes are replaced as they are, whatever the client
-    encoding); C{None} if the error is not one of those."""
-    if sqlstate != "42P05":
+def client_error(body: bytes, view, expect) -> "bytes | None":
+    """The ErrorResponse (C{body}) a client gets when PostgreSQL's names one of the
+    pooler's C{DOORMAN_<n>} statements ("prepared statement ... already exists" for a
+    duplicate Parse the pooler sent, "... requires 1" for a Bind): PostgreSQL's own, with
+    the client's name for it (bytes replaced as they are, whatever the client encoding);
+    C{None} if the error names none.
+
+    @param view: the client's L{ClientStatements}.
+    @param expect: the lease's expected answers (a L{DUPLICATE_PARSE} names its client's
+        name for the statement, which the view does not map to it).
+    """
+    start = body.find(b'"DOORMAN_')
+    if start < 0:
         return None
+    names = dict(view.forgotten)
+    names[_NO_STATEMENT] = b""
+    if view.anonymous is not None:
+        names[view.anonymous.name] = b""
+    # One text prepared under several of the client's names is one statement: the error
+    # names one of them (the client's named ones before its unnamed one).
+    for name, statement in view.named.items():
+        names[statement.name] = name
     for _, code, statement, name in expect:
-        quoted = b'"' + statement.name + b'"'
-        if code == DUPLICATE_PARSE and quoted in body:
-            return m.message(b"E", body.replace(quoted, b'"' + name + b'"'))
-    return None
+        if code == DUPLICATE_PARSE:
+            names[statement.name] = name
+    out = []
+    pos = 0
+    while start >= 0:
+        end = body.find(b'"', start + 1)
+        if end < 0:
+            break
+        ours = body[start + 1 : end]
+        if ours in names:
+            theirs = names[ours]
+            if not theirs and body[start - 20 : start] == b"Mprepared statement " and body[end:].startswith(
+                b'" does not exist\x00'
+            ):
+                # PostgreSQL's own words for the unnamed statement.
+                out.append(body[pos : start - 19])
+                out.append(b"unnamed prepared statement does not exist")
+                pos = end + 16
+            else:
+                out.append(body[pos : start + 1])
+                out.append(theirs)
+                pos = end
+        start = body.find(b'"DOORMAN_', end + 1)
+    if not out:
+        return None
+    out.append(body[pos:])
+    return m.message(b"E", b"".join(out))
 
 
 def _evict(cache: ServerStatements, group: int, out: list, expect: deque) -> bool:
