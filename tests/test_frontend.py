@@ -593,20 +593,32 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.sent(), [])
         self.assertEqual(self.client.statements.named, {})
 
-    def test_query_inside_a_batch_is_refused(self):
-        """A simple Query inside an extended batch (Bind, Execute, no Sync yet) is refused
-        in transaction mode: after an error in the batch PostgreSQL would skip it without
-        an answer, and the server would never be free again. The client gets 0A000, the
-        server is closed (the batch is unfinished), nothing more is forwarded."""
+    def test_query_inside_a_batch(self):
+        """A simple Query inside an extended batch (asyncpg, psycopg's pipeline) goes with a
+        no-op Close ahead of it. If the batch fails before it, PostgreSQL skips both until
+        Sync: the marker's answer never comes, so neither does the Query's, and the Sync's
+        ReadyForQuery releases the server. If not, the marker's CloseComplete is swallowed
+        and the Query is answered as usual."""
+        batch = bind(b"_pg3_0") + EXECUTE + m.query("select 1") + m.SYNC
         self.prepare(self.client, b"_pg3_0", b"select 1")
-        self.client.dataReceived(bind(b"_pg3_0") + EXECUTE)
-        self.sent()
-        self.client.dataReceived(m.query("DEALLOCATE _pg3_0"))
-        self.assertEqual(self.sent(), [])
-        [(kind, body)] = _messages(self.client.transport.value())
-        self.assertEqual((kind, m.parse_error_fields(body)["C"]), ("E", "0A000"))
-        self.client.connectionLost(None)
-        self.assertEqual(self.server.pool_state, "closed")
+        for failed in (True, False):
+            self.client.dataReceived(batch)
+            kinds = [t for t, _ in self.sent()]
+            self.assertEqual(kinds[-4:], ["E", "C", "Q", "S"])
+            if failed:
+                self.answer(PARSE_COMPLETE * (kinds[0] == "P") + m.error_response("08P01", "bad bind") + m.READY_IDLE)
+                self.assertEqual(self.received(), ["E", "Z"])
+            else:
+                self.answer(
+                    BIND_COMPLETE
+                    + m.command_complete("SELECT 1")
+                    + CLOSE_COMPLETE
+                    + ANSWER
+                    + m.READY_IDLE
+                )
+                self.assertEqual(self.received(), ["2", "C", "C", "Z", "Z"])
+            self.assertEqual(self.server.pool_state, "idle")
+            self.assertEqual((self.server.lease.owed, len(self.server.lease.expect)), (0, 0))
 
     def test_sql_deallocate_of_other_names_goes_to_the_server(self):
         """SQL DEALLOCATE of a name the client never prepared through the protocol (an SQL

@@ -363,6 +363,7 @@ class General:
     pooler_check_query: str = _key(_str, ";", later="the pooler check query")
     prepared_statements: bool = _key(_bool, True)
     prepared_statements_cache_size: int = _key(_int(), 8192)
+    prepared_statements_max_message_size: int = _key(_bytes, 16 << 20)
     server_prepared_statements_cache_size: int | None = _key(_int(), None)
     client_anonymous_prepared_cache_size: int | None = _key(
         _int(),

@@ -37,7 +37,9 @@ from ..session.parameters import TRACKED, sync_plan
 from ..session.prepared import (
     CLOSE_AS_PARSE,
     PASS_PARSE,
+    PASS_REPARSE,
     SWALLOW_CLOSE,
+    SWALLOW_MARK,
     SWALLOW_PARSE,
     ServerStatements,
     client_error,
@@ -61,6 +63,12 @@ _LINKED_WATCH = frozenset(
 )
 #: With prepared statements mapped, also the answers the pooler may swallow or change.
 _PREPARED_WATCH = _LINKED_WATCH | {PARSE_COMPLETE, CLOSE_COMPLETE}
+
+#: Expected answers that stand for a Parse of the client's.
+_CLIENT_PARSES = frozenset((PASS_PARSE, PASS_REPARSE, CLOSE_AS_PARSE))
+
+#: Expected answers the client never sees as they are.
+_SWALLOWED = frozenset((SWALLOW_PARSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, SWALLOW_MARK))
 
 #: A client can make PostgreSQL send an ErrorResponse of any size (RAISE with a long
 #: message): beyond the framer's limit it is forwarded without being read.
@@ -247,7 +255,7 @@ class ServerConnection(PeerProducer, Protocol):
                 _, code, statement, _ = lease.expect.popleft()
                 if code == PASS_PARSE or code == SWALLOW_PARSE:
                     lease.cache.parsed(statement)
-                if code == SWALLOW_PARSE or code == SWALLOW_CLOSE or code == CLOSE_AS_PARSE:
+                if code in _SWALLOWED:
                     if out is None:
                         out = []
                     out.append(data[pos : end - 5])
@@ -354,12 +362,18 @@ class ServerConnection(PeerProducer, Protocol):
             self._statements_dropped(client)
 
     def _statements_dropped(self, client) -> None:
-        """The server dropped every prepared statement: so did the client, from its view."""
+        """The server dropped every prepared statement: so did the client, from its view.
+        A Parse whose answer is still expected was sent after the DEALLOCATE ALL or
+        DISCARD ALL (answers come in order): the client keeps its statement, and the
+        server too if it was really parsed there."""
         lease = self.lease
         if lease.cache is not None:
             lease.cache.clear()
+            for _, code, statement, _ in lease.expect:
+                if code == PASS_PARSE or code == SWALLOW_PARSE:
+                    lease.cache.names[statement.name] = statement
         if lease.view is not None:
-            lease.view.clear()
+            lease.view.clear(keep={entry[2] for entry in lease.expect if entry[1] in _CLIENT_PARSES})
 
     def _parameter(self, body: bytes) -> tuple:
         name, value = m.parse_parameter_status(body)

@@ -188,7 +188,8 @@ class ClientConnection(PeerProducer, Protocol):
             else:
                 self.pool.discard(server)
         self.factory.forget(self)
-        if phase >= IDLE and self.factory.log_disconnections:
+        # A CancelRequest's connection (no user) is not a client session.
+        if phase >= IDLE and self.user is not None and self.factory.log_disconnections:
             self.log.info("client {client!r} from {peer} disconnected", client=self, peer=self.peer)
 
     # -- errors
@@ -335,7 +336,11 @@ class ClientConnection(PeerProducer, Protocol):
         """Start reading queries, with what the client pipelined behind its login first."""
         if self.transaction_mode and self.pool.statements is not None:
             self.statements = ClientStatements(self.pool.statements, planner_key(self.wanted))
-        self._input = ClientInput(self.stream, self.statements)
+        self._input = ClientInput(
+            self.stream,
+            self.statements,
+            self.factory.registry.config.general.prepared_statements_max_message_size,
+        )
         self._framer = self._input.framer
         held, self._held = self._held, []
         for data in held:

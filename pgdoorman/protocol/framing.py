@@ -26,6 +26,10 @@ ALL_TYPES = frozenset(range(256))
 _NO_EVENTS: list = []
 
 
+def _too_large(mtype: int, length: int) -> PgError:
+    return PgError(SQLSTATE.PROTOCOL_VIOLATION, f"message of type {chr(mtype)!r} too large ({length} bytes)")
+
+
 class Framer:
     """Walks message headers (1 type byte + 4 length bytes) across arbitrary chunk splits.
 
@@ -37,9 +41,22 @@ class Framer:
         instead of refused (what the caller reads in them is optional).
     @ivar empty: peeked types that have no body (Sync, Flush): one with a body is refused
         as PostgreSQL refuses it, so that the caller can count on each one's answer.
+    @ivar too_large: a callable making the error for a watched body above C{max_body}
+        from its type byte and length (a protocol violation unless the caller says).
     """
 
-    __slots__ = ("watch", "peek", "oversize", "empty", "max_body", "_owed", "_head", "_body", "_btype")
+    __slots__ = (
+        "watch",
+        "peek",
+        "oversize",
+        "empty",
+        "max_body",
+        "too_large",
+        "_owed",
+        "_head",
+        "_body",
+        "_btype",
+    )
 
     def __init__(
         self,
@@ -54,6 +71,7 @@ class Framer:
         self.oversize = oversize
         self.empty = empty
         self.max_body = max_body
+        self.too_large = _too_large
         self._owed = 0
         self._head = b""
         self._body: bytearray | None = None
@@ -90,6 +108,11 @@ class Framer:
     def partial_header(self) -> bytes:
         """The start of a message header cut off at the end of the last bytes fed."""
         return self._head
+
+    @property
+    def owed(self) -> int:
+        """Bytes still to come of the message under way (0 at a boundary or inside a header)."""
+        return self._owed
 
     @property
     def pending_type(self) -> "int | None":
@@ -152,10 +175,7 @@ class Framer:
             if mtype in watch:
                 if length - 4 > self.max_body:
                     if mtype not in self.oversize:
-                        raise PgError(
-                            SQLSTATE.PROTOCOL_VIOLATION,
-                            f"message of type {chr(mtype)!r} too large ({length} bytes)",
-                        )
+                        raise self.too_large(mtype, length)
                     if events is _NO_EVENTS:
                         events = []
                     events.append((mtype, None, end - shift))

@@ -30,8 +30,8 @@ from ..protocol.constants import (
 from ..protocol.errors import PgError
 from ..protocol.framing import ALL_TYPES, Framer
 from .lease import ClientStream
+from .prepared import MARK, REQUESTS, REWRITTEN
 from .prepared import PARSE as PARSE_ITEM
-from .prepared import REQUESTS, REWRITTEN
 
 __all__ = ["ONE_REQUEST", "ClientInput", "deallocate_name", "prepare_only_answer"]
 
@@ -46,17 +46,21 @@ _WATCH = frozenset((TERMINATE,))
 #: ReadyForQuery, and the pooler would wait for that answer forever.
 _EMPTY = frozenset((SYNC, FLUSH))
 #: A simple Query or FunctionCall inside an extended-protocol batch (after Parse, Bind, ...
-#: and before Sync): after an error in the batch PostgreSQL skips it without an answer, so
-#: in transaction mode the pooler cannot know when the server is free.
-_NOT_IN_BATCH = frozenset((QUERY, FUNCTION_CALL))
-#: With prepared statements mapped: Parse, Bind, Describe and Close are read whole. A Bind
-#: is as large as its parameters; PostgreSQL's own limit for one message is 1 GB.
+#: and before Sync, as asyncpg and psycopg's pipeline send): after an error in the batch
+#: PostgreSQL skips it without an answer. A marker goes ahead of it (L{MARK_ITEM}), whose
+#: answer tells the lease whether it will be answered.
+_IN_BATCH = frozenset((QUERY, FUNCTION_CALL))
+#: With prepared statements mapped: Parse, Bind, Describe and Close are read whole, up to
+#: C{prepared_statements_max_message_size} (a Bind is as large as its parameters).
 _PREPARED_WATCH = _WATCH | REWRITTEN
 _PREPARED_PEEK = _PEEK - REWRITTEN
-_PREPARED_MAX_BODY = 1 << 30
+#: The default of C{prepared_statements_max_message_size}.
+PREPARED_MAX_MESSAGE = 16 << 20
 
 #: The item that marks one request among raw runs (L{pgdoorman.session.prepared.render}).
 ONE_REQUEST = (REQUESTS, 1)
+#: The item that goes ahead of a Query or FunctionCall inside an extended batch.
+MARK_ITEM = (MARK,)
 
 #: What PostgreSQL's scanner takes for white space.
 _SPACE = b" \t\n\r\f\v"
@@ -70,17 +74,21 @@ class ClientInput:
     @param stream: the client's L{ClientStream}, whose flags this keeps.
     @param view: the client's L{pgdoorman.session.prepared.ClientStatements}, or C{None}
         when prepared statements pass through unmapped.
+    @param max_message: with a view, the largest Parse, Bind, Describe or Close body held
+        to be rewritten; a larger one is refused from its header with 54000, so that what
+        a message declares never decides what the pooler holds.
     @ivar framer: the header walker; its L{Framer.single} is the adapter's fast path for a
         chunk that is one whole Query.
     """
 
-    def __init__(self, stream: ClientStream, view=None) -> None:
+    def __init__(self, stream: ClientStream, view=None, max_message: int = PREPARED_MAX_MESSAGE) -> None:
         self.stream = stream
         self.view = view
         if view is None:
             self.framer = Framer(_WATCH, peek=_PEEK, empty=_EMPTY)
         else:
-            self.framer = Framer(_PREPARED_WATCH, _PREPARED_MAX_BODY, _PREPARED_PEEK, empty=_EMPTY)
+            self.framer = Framer(_PREPARED_WATCH, max_message, _PREPARED_PEEK, empty=_EMPTY)
+            self.framer.too_large = _too_large
         self._carry = b""
         self._skip = 0
         self._skip_end = False
@@ -106,9 +114,8 @@ class ClientInput:
         requests = 0
         for mtype, _, end in events:
             if mtype in _REQUESTS:
-                if stream.batch_open and mtype in _NOT_IN_BATCH and stream.transaction_mode:
-                    raise _in_batch(mtype)
-                stream.batch_open = False
+                if mtype == SYNC:
+                    stream.batch_open = False
                 requests += 1
             elif mtype == TERMINATE:
                 carry, self._carry = self._carry, b""
@@ -180,6 +187,7 @@ class ClientInput:
         partial header, a watched message not complete yet) is not forwarded now, so the
         server never sees half of a message that is then rewritten."""
         framer = self.framer
+        owed = framer.owed
         events = framer.feed(data)
         carry = self._carry
         c = len(carry)
@@ -189,17 +197,26 @@ class ClientInput:
         items: list = []
         requests = 0
         pos = 0
+        # Where the next message starts: every message but CopyData is reported, so it is
+        # where the last one reported ended (or where the one under way at the start does).
+        last = c + owed if owed <= len(data) else len(data) + c
         for mtype, body, end in events:
             end += c
+            start, last = last, end
             if body is None:
                 if mtype in _REQUESTS:
-                    if mtype == QUERY:
-                        self.view.drop_anonymous()
-                        if stream.batch_open and stream.transaction_mode:
-                            raise _in_batch(mtype)
-                    elif mtype == FUNCTION_CALL and stream.batch_open and stream.transaction_mode:
-                        raise _in_batch(mtype)
-                    stream.batch_open = False
+                    if mtype in _IN_BATCH:
+                        if mtype == QUERY:
+                            self.view.drop_anonymous()
+                        if stream.batch_open and not stream.copy_in and start >= pos:
+                            if start > pos:
+                                items.append(_span(carry, data, pos, start))
+                                pos = start
+                            items.append(MARK_ITEM)
+                    else:
+                        # Only a Sync ends a batch: after an error PostgreSQL skips every
+                        # Query up to it.
+                        stream.batch_open = False
                     requests += 1
                     if end > cut:
                         end = cut
@@ -236,12 +253,15 @@ class ClientInput:
         return items, requests, False
 
 
-def _in_batch(mtype: int) -> PgError:
+def _too_large(mtype: int, length: int) -> PgError:
     return PgError(
-        SQLSTATE.FEATURE_NOT_SUPPORTED,
-        f"a {'Query' if mtype == QUERY else 'FunctionCall'} message inside an extended-protocol"
-        " batch (before its Sync) is not supported in transaction mode",
+        SQLSTATE.PROGRAM_LIMIT_EXCEEDED,
+        f"{_NAMES[mtype]} message of {length - 4} bytes is larger than the pooler maps for"
+        " prepared statements (prepared_statements_max_message_size)",
     )
+
+
+_NAMES = {PARSE: "Parse", BIND: "Bind", DESCRIBE: "Describe", CLOSE: "Close", TERMINATE: "Terminate"}
 
 
 def _span(carry: bytes, data: bytes, start: int, end: int) -> bytes:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .prepared import PASS_PARSE, PASS_REPARSE, SWALLOW_CLOSE, SWALLOW_PARSE
+from .prepared import PASS_PARSE, PASS_REPARSE, SWALLOW_CLOSE, SWALLOW_MARK, SWALLOW_PARSE
 
 __all__ = ["ClientStream", "Counters", "Lease"]
 
@@ -74,6 +74,9 @@ class Lease:
         its pool.
     @ivar view: the bound client's L{pgdoorman.session.prepared.ClientStatements}, or C{None}.
     @ivar cache: the server's L{pgdoorman.session.prepared.ServerStatements}, or C{None}.
+    @ivar skipping: an error in extended-protocol messages made PostgreSQL skip everything
+        until the next Sync, Queries and FunctionCalls in between included: the next
+        ReadyForQuery is that Sync's.
     """
 
     __slots__ = (
@@ -82,6 +85,7 @@ class Lease:
         "expect",
         "tx_status",
         "at_ready",
+        "skipping",
         "stream",
         "view",
         "cache",
@@ -100,6 +104,7 @@ class Lease:
         self.expect: deque = deque()
         self.tx_status = b"I"
         self.at_ready = False
+        self.skipping = False
         self.stream: "ClientStream | None" = None
         self.view = None
         self.cache = None
@@ -148,6 +153,9 @@ class Lease:
         """
         self.tx_status = status
         self.at_ready = at_end
+        if self.skipping:
+            self.skipping = False
+            self._skip_marked()
         if not self.owed:
             return False
         self.owed -= 1
@@ -182,8 +190,30 @@ class Lease:
         if stream.copy_in:
             stream.copy_in = False
             stream.copy_dropped = True
+        if not self.owed:
+            # Extended-protocol messages sent without a request yet (Flush-driven).
+            self.skipping = True
+        elif self.expect and self._skip_marked():
+            self.skipping = True
         if self.expect:
             self.skipped(self.answered + 1)
+
+    def _skip_marked(self) -> int:
+        """The Queries and FunctionCalls PostgreSQL skips: those whose marker, in the current
+        Sync group and the ones right after it, is still unanswered. They are counted as
+        answered, for they never will be."""
+        marked = 0
+        now = self.answered
+        for group, code, _, _ in self.expect:
+            if group < now + marked:
+                continue
+            if group > now + marked:
+                break
+            if code == SWALLOW_MARK:
+                marked += 1
+        self.answered += marked
+        self.owed -= marked
+        return marked
 
     def copy_started(self) -> None:
         """PostgreSQL started a COPY FROM STDIN: the client owes CopyDone or CopyFail, even

@@ -50,16 +50,28 @@ _PARSE, _BIND, _DESCRIBE, _CLOSE = c.PARSE, c.BIND, c.DESCRIBE, c.CLOSE
 REWRITTEN = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
 
 #: Item codes: a client Parse, Bind or Describe to render for the server it lands on, a
-#: client Close, a count of requests (Query, Sync, FunctionCall) in the raw bytes before, and
-#: a client Parse of a name it already has (PostgreSQL answers 42P05).
-PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE = range(6)
+#: client Close, a count of requests (Query, Sync, FunctionCall) in the raw bytes before, a
+#: client Parse of a name it already has (PostgreSQL answers 42P05), and the marker ahead
+#: of a Query or FunctionCall inside an extended batch.
+PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK = range(7)
 
 #: What an expected ParseComplete/CloseComplete is: the client's own answer, one the client
 #: must not see (an injected Parse, an eviction's Close), a CloseComplete standing in for
 #: the ParseComplete of a statement the server already had, the error of a duplicate Parse,
-#: or the answer to a client Parse sent again under the server's unnamed statement because
-#: the statement's own Parse, in an earlier Sync group, may yet fail.
-PASS_PARSE, SWALLOW_PARSE, PASS_CLOSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, DUPLICATE_PARSE, PASS_REPARSE = range(7)
+#: the answer to a client Parse sent again under the server's unnamed statement because the
+#: statement's own Parse, in an earlier Sync group, may yet fail, or a marker's answer (a
+#: no-op Close ahead of a Query inside an extended batch: answered only if PostgreSQL is not
+#: skipping to the next Sync after an error, L{pgdoorman.session.lease.Lease.failed}).
+(
+    PASS_PARSE,
+    SWALLOW_PARSE,
+    PASS_CLOSE,
+    SWALLOW_CLOSE,
+    CLOSE_AS_PARSE,
+    DUPLICATE_PARSE,
+    PASS_REPARSE,
+    SWALLOW_MARK,
+) = range(8)
 
 #: The startup settings a client's statements are planned under, part of the pool cache's
 #: key (PgDoorman's PLANNER_KEYS): two clients whose statements would resolve differently
@@ -350,9 +362,17 @@ class ClientStatements:
             return True
         return self.named.pop(name, None) is not None
 
-    def clear(self) -> None:
-        """DISCARD ALL: the client's statements are gone."""
-        self.deallocate(None)
+    def clear(self, keep=frozenset()) -> None:
+        """DEALLOCATE ALL or DISCARD ALL: the client's statements are gone, but for those
+        in C{keep} (parsed after it); PostgreSQL's errors may still name the others."""
+        for name, statement in list(self.named.items()):
+            if statement not in keep:
+                del self.named[name]
+                self.forgotten[statement.name] = name
+        if self.anonymous is not None and self.anonymous not in keep:
+            self.drop_anonymous()
+        if len(self.forgotten) > self.FORGOTTEN:
+            self.forgotten.clear()
 
     def snapshot(self) -> tuple:
         """The client's statements as L{PreparedState}s, the unnamed one last."""
@@ -396,6 +416,10 @@ def render(items: list, lease) -> bytes:
         if code == CLOSE:
             out.append(item[1])
             expect.append((group, PASS_CLOSE, None, None))
+            continue
+        if code == MARK:
+            out.append(_NOOP_CLOSE)
+            expect.append((group, SWALLOW_MARK, None, None))
             continue
         statement = item[1]
         name = statement.name
