@@ -105,6 +105,14 @@ class ClientStatementsTests(SynchronousTestCase):
         self.assertIs(self.client.translate(ord("B"), b"\x00\x00x")[1], second)
         self.assertIsNot(first, second)
 
+    def test_failed_unnamed_parse_keeps_the_earlier_one(self):
+        """An unnamed Parse that fails (or is skipped) leaves the client's earlier unnamed
+        statement in place, as PostgreSQL does."""
+        _, first, _ = self.client.translate(ord("P"), b"\x00select 1\x00\x00\x00")
+        _, second, _ = self.client.translate(ord("P"), b"\x00selec 2\x00\x00\x00")
+        self.client.forget(b"", second)
+        self.assertIs(self.client.anonymous, first)
+
     def test_deallocate(self):
         """DEALLOCATE name drops one name, DEALLOCATE ALL every one."""
         self.client.translate(ord("P"), b"a\x00select 1\x00\x00\x00")

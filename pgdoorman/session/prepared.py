@@ -278,6 +278,8 @@ class ClientStatements:
         #: Server name to client name of the statements whose Parse failed lately: a
         #: message sent behind such a Parse may still name it in PostgreSQL's error.
         self.forgotten: dict = {}
+        #: Unnamed statement to the one its Parse replaced, while that Parse may still fail.
+        self.replaced: dict = {}
 
     def translate(self, mtype: int, body: bytes):
         """Turn one whole client message into an item for L{render} (or the bytes of the
@@ -302,6 +304,9 @@ class ClientStatements:
                 if name:
                     self.named[name] = statement
                 else:
+                    if len(self.replaced) >= self.FORGOTTEN:
+                        self.replaced.clear()
+                    self.replaced[statement] = self.anonymous
                     self.anonymous = statement
                 return (PARSE, statement, name)
             if mtype == _BIND:
@@ -342,7 +347,8 @@ class ClientStatements:
             if self.named.get(name) is statement:
                 del self.named[name]
         elif self.anonymous is statement:
-            self.anonymous = None
+            # A failed or skipped unnamed Parse leaves PostgreSQL's earlier one in place.
+            self.anonymous = self.replaced.pop(statement, None)
 
     def drop_anonymous(self) -> None:
         """A simple Query dropped the unnamed statement (PostgreSQL's exec_simple_query
