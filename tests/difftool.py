@@ -24,7 +24,6 @@ import time
 import attrs
 
 from pgdoorman.protocol import messages as m
-from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 
 from .rawclient import RawClient, send_cancel
@@ -200,36 +199,8 @@ class Side:
     def connect(self, params: "dict | None" = None) -> "tuple[RawClient, list]":
         """A logged-in client and the messages of its login."""
         client = RawClient(self.port, timeout=READ_TIMEOUT)
-        client.send(m.startup_message({"user": self.user, "database": self.database, **self.startup, **(params or {})}))
-        messages = _login(client, self.user, self.password)
-        return client, messages
-
-
-def _login(client: RawClient, user: str, password: str) -> list:
-    """Answer the authentication requests; return every message up to ReadyForQuery."""
-    out = []
-    scram = None
-    while True:
-        msg = client.read_message()
-        if msg is None:
-            return out
-        out.append(msg)
-        mtype, body = msg
-        if mtype in ("E", "Z"):
-            return out
-        if mtype == "R":
-            code, payload = m.parse_auth(body)
-            if code == 5:
-                client.send(m.password_message(md5_response(md5_hash(user, password), payload)))
-            elif code == 10:
-                scram = ScramClient(password)
-                client.send(m.sasl_initial_response(SCRAM_MECHANISM, scram.client_first()))
-            elif code == 11:
-                client.send(m.sasl_response(scram.handle_server_first(payload)))
-            elif code == 12:
-                scram.handle_server_final(payload)
-            elif code == 3:
-                client.send(m.password_message(password.encode()))
+        client.login(self.user, self.database, self.password, {**self.startup, **(params or {})})
+        return client, list(client.login_messages)
 
 
 class _Client:
@@ -262,13 +233,6 @@ class _Client:
                 seen += 1
                 if until:
                     return
-
-
-def _key_of(answers: list) -> "tuple[int, int] | None":
-    for mtype, body in answers:
-        if mtype == "K":
-            return m.parse_backend_key_data(body)
-    return None
 
 
 def run(script: list, side: Side) -> dict:
@@ -308,7 +272,7 @@ def run(script: list, side: Side) -> dict:
             elif isinstance(step, Connect):
                 clients[step.client] = _Client(side, step.params)
             elif isinstance(step, Cancel):
-                pid, key = _key_of(client(step.client).answers)
+                pid, key = client(step.client).key
                 send_cancel(side.port, pid, key)
             elif isinstance(step, Close):
                 c = client(step.client)

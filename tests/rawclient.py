@@ -43,6 +43,8 @@ class RawClient:
         self.pending: list = []
         #: The (process id, secret key) of the BackendKeyData seen at login, if any.
         self.backend_key: "tuple[int, int] | None" = None
+        #: Every message of the last login, in order.
+        self.login_messages: list = []
 
     def close(self) -> None:
         """Close the socket."""
@@ -78,10 +80,12 @@ class RawClient:
         self.send(m.startup_message({"user": user, "database": database, **(params or {})}))
         scram = None
         params: dict = {}
+        self.login_messages = []
         while True:
             msg = self.read_message()
             if msg is None:
                 return LoginResult(False, {"M": "connection closed"}, params)
+            self.login_messages.append(msg)
             mtype, body = msg
             if mtype == "E":
                 return LoginResult(False, m.parse_error_fields(body), params)

@@ -540,15 +540,23 @@ def _exchanges(queries: tuple, clients: int, mixed: bool):
 
 
 def _reparsed(units: list) -> bool:
-    """Whether a statement name is parsed in two Sync groups of one pipelined exchange: if
-    the first group fails, PostgreSQL accepts the second Parse, where the pooler, which
-    names statements when it sends them, answers 42P05 (docs/status.md)."""
+    """Whether one pipelined exchange parses a statement name in two Sync groups, or uses
+    the unnamed statement in a group after the one that parsed it: if the group of that
+    Parse fails, PostgreSQL goes on with the statement from before, where the pooler, which
+    maps names as it sends them, does not (docs/status.md)."""
     seen: set = set()
+    unnamed = False
     for unit in units:
-        names = {body.split(b"\x00")[0] for t, body in d.framed(unit) if t == "P"} - {b""}
-        if names & seen:
+        messages = d.framed(unit)
+        names = {body.split(b"\x00")[0] for t, body in messages if t == "P"}
+        if (names - {b""}) & seen:
+            return True
+        uses = {body.split(b"\x00")[1] for t, body in messages if t == "B"}
+        uses |= {body[1:-1] for t, body in messages if t == "D" and body[:1] == b"S"}
+        if unnamed and b"" in uses and b"" not in names:
             return True
         seen |= names
+        unnamed = unnamed or b"" in names
     return False
 
 

@@ -620,6 +620,25 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
             self.assertEqual(self.server.pool_state, "idle")
             self.assertEqual((self.server.lease.owed, len(self.server.lease.expect)), (0, 0))
 
+    def test_query_inside_a_batch_any_split(self):
+        """The marker goes right ahead of the Query however the client's bytes are cut."""
+        batch = parse(b"", b"select 1") + bind(b"") + EXECUTE + m.query("select 1") + m.SYNC
+        self.client.dataReceived(batch)
+        self.sent()
+        self.answer(PARSE_COMPLETE + BIND_COMPLETE + m.command_complete("SELECT 1") + CLOSE_COMPLETE + ANSWER + m.READY_IDLE)
+        self.received()
+        self.client.dataReceived(batch)
+        whole = self.sent()
+        self.assertEqual([t for t, _ in whole], ["C", "B", "E", "C", "Q", "S"])
+        self.answer(CLOSE_COMPLETE + BIND_COMPLETE + m.command_complete("SELECT 1") + CLOSE_COMPLETE + ANSWER + m.READY_IDLE)
+        self.received()
+        for size in (1, 2, 3, 7):
+            for i in range(0, len(batch), size):
+                self.client.dataReceived(batch[i : i + size])
+            self.assertEqual(self.sent(), whole, size)
+            self.answer(CLOSE_COMPLETE + BIND_COMPLETE + m.command_complete("SELECT 1") + CLOSE_COMPLETE + ANSWER + m.READY_IDLE)
+            self.assertEqual(self.received(), ["1", "2", "C", "C", "Z", "Z"], size)
+
     def test_sql_deallocate_of_other_names_goes_to_the_server(self):
         """SQL DEALLOCATE of a name the client never prepared through the protocol (an SQL
         PREPARE) is the server's to answer."""

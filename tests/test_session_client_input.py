@@ -135,6 +135,7 @@ class PreparedTests(SynchronousTestCase):
         self.assertIsNone(prepare_only_answer(items))
         items[0][1].parsed = True
         self.assertEqual(prepare_only_answer(items), m.PARSE_COMPLETE + m.READY_IDLE)
+        self.assertIsNone(prepare_only_answer(ClientInput(ClientStream(), view).feed(PARSE_MSG)[0]))
         items = ClientInput(ClientStream(), view).feed(PARSE_MSG + BIND + m.SYNC)[0]
         self.assertIsNone(prepare_only_answer(items))
 

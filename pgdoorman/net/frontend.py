@@ -137,12 +137,8 @@ class ClientConnection(PeerProducer, Protocol):
             if self.phase == LINKED:
                 stream = self.stream
                 if self._framer.single(data) == QUERY and not (stream.copy_dropped or stream.batch_open):
-                    statements = self.statements
-                    if statements is not None:
-                        if data[5] in DEALLOCATE_FIRST and self._deallocate(data):
-                            return
-                        if statements.anonymous is not None:
-                            statements.drop_anonymous()
+                    if self.statements is not None and self._mapped_query(data):
+                        return
                     self.lease.forward(len(data), 1)
                     self.server.write(data)
                     return
@@ -438,12 +434,8 @@ class ClientConnection(PeerProducer, Protocol):
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
         stream = self.stream
         if self._framer.single(data) == QUERY and not (stream.copy_dropped or stream.batch_open):
-            statements = self.statements
-            if statements is not None:
-                if data[5] in DEALLOCATE_FIRST and self._deallocate(data):
-                    return
-                if statements.anonymous is not None:
-                    statements.drop_anonymous()
+            if self.statements is not None and self._mapped_query(data):
+                return
             payload = data
             requests = 1
         else:
@@ -501,6 +493,16 @@ class ClientConnection(PeerProducer, Protocol):
         lease.forward(len(payload), requests)
         if payload:
             self.server.write(payload)
+
+    def _mapped_query(self, data: bytes) -> bool:
+        """A lone Query from a client whose statements are mapped: answer its SQL
+        DEALLOCATE here if that is right (True), else note that the Query drops its
+        unnamed statement, as PostgreSQL's exec_simple_query does."""
+        if data[5] in DEALLOCATE_FIRST and self._deallocate(data):
+            return True
+        if self.statements.anonymous is not None:
+            self.statements.drop_anonymous()
+        return False
 
     def _deallocate(self, data: bytes) -> bool:
         """SQL C{DEALLOCATE name} of one of the client's own statement names: answered here

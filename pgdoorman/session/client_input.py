@@ -198,8 +198,9 @@ class ClientInput:
         requests = 0
         pos = 0
         # Where the next message starts: every message but CopyData is reported, so it is
-        # where the last one reported ended (or where the one under way at the start does).
-        last = c + owed if owed <= len(data) else len(data) + c
+        # where the last one reported ended, or where the one under way at the start ends
+        # (a message under way means no header was carried), or at 0 (a carried header).
+        last = owed if owed <= len(data) else len(data)
         for mtype, body, end in events:
             end += c
             start, last = last, end
@@ -280,7 +281,8 @@ def prepare_only_answer(items: list) -> "bytes | None":
     the first Bind or Describe that needs it. Besides saving a round trip, this keeps a synchronous prepare
     from waiting on a full pool while its own thread holds a server in a transaction
     (pgbench -M prepared does that)."""
-    if type(items[0]) is not tuple or items[0][0] != PARSE_ITEM:
+    if type(items[0]) is not tuple or items[0][0] != PARSE_ITEM or items[-1] is not ONE_REQUEST:
+        # A Parse whose Sync is still to come (split across chunks) is not answered early.
         return None
     answer = []
     for item in items:
