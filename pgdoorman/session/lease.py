@@ -182,8 +182,9 @@ class Lease:
 
     def failed(self) -> None:
         """An ErrorResponse arrived for the bound client: count it, drop the expected
-        answers of its Sync group (PostgreSQL skips the rest of the group), and end a COPY
-        FROM STDIN the client has not finished (PostgreSQL left copy mode)."""
+        answers of its Sync group (PostgreSQL skips the rest of the group), end a COPY
+        FROM STDIN the client has not finished (PostgreSQL left copy mode), and note when
+        PostgreSQL will skip to the next Sync, marked Queries included (C{skipping})."""
         stream = self.stream
         stream.errors += 1
         self.stats.errors += 1
