@@ -83,6 +83,11 @@ class DifferentialMixin(ClusterMixin):
         self.assertEqual(d.compare(script, *self.sides(user)), [])
 
 
+def _copy_in(client: int) -> list:
+    """Client C{client} starts COPY FROM STDIN into copytab and reads the CopyInResponse."""
+    return [d.Send(client, m.query("copy copytab from stdin")), d.ReadUntil(client, "G")]
+
+
 def _scripts(cls):
     """Make a test of every C{script_*} attribute: (user, script)."""
     for name in [n for n in vars(cls) if n.startswith("script_")]:
@@ -269,8 +274,7 @@ class ScriptTests(DifferentialMixin, TestCase):
     script_copy_error_autocommit = (
         "tx",
         [
-            d.Send(0, m.query("copy copytab from stdin")),
-            d.ReadUntil(0, "G"),
+            _copy_in(0),
             d.Send(0, d.copy_data(b"not a number\n")),
             d.Read(0),
             Q(1, "select 1"),
@@ -283,8 +287,7 @@ class ScriptTests(DifferentialMixin, TestCase):
         "tx",
         [
             Q(0, "begin"),
-            d.Send(0, m.query("copy copytab from stdin")),
-            d.ReadUntil(0, "G"),
+            _copy_in(0),
             d.Send(0, d.copy_data(b"x\n")),
             d.Read(0),
             d.Send(0, d.COPY_DONE),
@@ -296,8 +299,7 @@ class ScriptTests(DifferentialMixin, TestCase):
     script_copy_fail = (
         "tx",
         [
-            d.Send(0, m.query("copy copytab from stdin")),
-            d.ReadUntil(0, "G"),
+            _copy_in(0),
             d.Send(0, d.copy_data(b"1\n") + d.copy_fail("changed my mind")),
             d.Read(0),
             Q(1, "select count(*) from copytab"),

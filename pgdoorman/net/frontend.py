@@ -137,8 +137,12 @@ class ClientConnection(PeerProducer, Protocol):
             if self.phase == LINKED:
                 stream = self.stream
                 if self._framer.single(data) == QUERY and not (stream.copy_dropped or stream.batch_open):
-                    if self.statements is not None and self._mapped_query(data):
-                        return
+                    statements = self.statements
+                    if statements is not None and (
+                        data[5] in DEALLOCATE_FIRST or statements.anonymous is not None
+                    ):
+                        if self._mapped_query(data):
+                            return
                     self.lease.forward(len(data), 1)
                     self.server.write(data)
                     return
@@ -434,8 +438,10 @@ class ClientConnection(PeerProducer, Protocol):
         server comes (L{_prepared_events}); otherwise the bytes themselves."""
         stream = self.stream
         if self._framer.single(data) == QUERY and not (stream.copy_dropped or stream.batch_open):
-            if self.statements is not None and self._mapped_query(data):
-                return
+            statements = self.statements
+            if statements is not None and (data[5] in DEALLOCATE_FIRST or statements.anonymous is not None):
+                if self._mapped_query(data):
+                    return
             payload = data
             requests = 1
         else:
@@ -495,9 +501,11 @@ class ClientConnection(PeerProducer, Protocol):
             self.server.write(payload)
 
     def _mapped_query(self, data: bytes) -> bool:
-        """A lone Query from a client whose statements are mapped: answer its SQL
-        DEALLOCATE here if that is right (True), else note that the Query drops its
-        unnamed statement, as PostgreSQL's exec_simple_query does."""
+        """A lone Query from a client whose statements are mapped, that may be a SQL
+        DEALLOCATE or that drops the client's unnamed statement (PostgreSQL's
+        exec_simple_query does): answer a DEALLOCATE here if that is right (True), else
+        drop the unnamed statement. The caller filters on the first byte and the unnamed
+        statement, so that most Queries never get here."""
         if data[5] in DEALLOCATE_FIRST and self._deallocate(data):
             return True
         if self.statements.anonymous is not None:

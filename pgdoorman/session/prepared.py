@@ -340,9 +340,7 @@ class ClientStatements:
 
     def forget(self, name: bytes, statement: Statement) -> None:
         """The Parse that made C{name} failed: the client has no such statement."""
-        if len(self.forgotten) >= self.FORGOTTEN:
-            self.forgotten.clear()
-        self.forgotten[statement.name] = name
+        self._forgot(statement, name)
         if name:
             if self.named.get(name) is statement:
                 del self.named[name]
@@ -356,9 +354,13 @@ class ClientStatements:
         statement = self.anonymous
         if statement is not None:
             self.anonymous = None
-            if len(self.forgotten) >= self.FORGOTTEN:
-                self.forgotten.clear()
-            self.forgotten[statement.name] = b""
+            self._forgot(statement, b"")
+
+    def _forgot(self, statement: Statement, name: bytes) -> None:
+        """Remember, for a while, that C{name} was the client's name for C{statement}."""
+        if len(self.forgotten) >= self.FORGOTTEN:
+            self.forgotten.clear()
+        self.forgotten[statement.name] = name
 
     def deallocate(self, name: "bytes | None") -> bool:
         """SQL C{DEALLOCATE name} (C{None}: ALL). True if C{name} was the client's."""
@@ -374,11 +376,9 @@ class ClientStatements:
         for name, statement in list(self.named.items()):
             if statement not in keep:
                 del self.named[name]
-                self.forgotten[statement.name] = name
-        if self.anonymous is not None and self.anonymous not in keep:
+                self._forgot(statement, name)
+        if self.anonymous not in keep:
             self.drop_anonymous()
-        if len(self.forgotten) > self.FORGOTTEN:
-            self.forgotten.clear()
 
     def snapshot(self) -> tuple:
         """The client's statements as L{PreparedState}s, the unnamed one last."""
