@@ -346,6 +346,71 @@ class ScriptTests(DifferentialMixin, TestCase):
             X(0, d.bind("", "s1"), d.execute(), d.SYNC),
         ],
     )
+    script_deallocate_pipelined = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.parse("s2", "select 2"), d.SYNC),
+            d.Send(
+                0,
+                m.query("select 1")
+                + m.query("deallocate s1")
+                + d.bind("", "s1")
+                + d.execute()
+                + d.SYNC
+                + m.query("deallocate s2")
+                + m.query("deallocate s2"),
+            ),
+            d.Read(0, 5),
+            X(0, d.bind("", "s2"), d.execute(), d.SYNC),
+        ],
+    )
+    script_deallocate_pipelined_in_failed_transaction = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            Q(0, "begin"),
+            d.Send(0, m.query("select 1/0") + m.query("deallocate s1") + m.query("rollback")),
+            d.Read(0, 3),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_deallocate_inside_batch = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            d.Send(
+                0,
+                d.bind("", "s1")
+                + d.execute()
+                + m.query("deallocate s1")
+                + d.bind("", "s1")
+                + d.execute()
+                + d.SYNC,
+            ),
+            d.Read(0, 2),
+            X(0, d.parse("s1", "select 2"), d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_deallocate_skipped_in_failed_batch = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            d.Send(0, d.bind("", "nosuch") + d.execute() + m.query("deallocate s1") + d.SYNC),
+            d.Read(0, 1),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
+    script_deallocate_while_other_client_holds_the_server = (
+        "tx",
+        [
+            X(0, d.parse("s1", "select 1"), d.SYNC),
+            Q(1, "begin"),
+            d.Send(0, m.query("select 2") + m.query("deallocate s1")),
+            Q(1, "commit"),
+            d.Read(0, 2),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+        ],
+    )
     script_close_unknown = ("tx", X(0, d.close_statement("S", "nosuch"), d.close_statement("P", "nosuch"), d.SYNC))
     script_bind_unknown = ("tx", X(0, d.bind("", "nosuch"), d.execute(), d.SYNC))
     script_sql_prepare_execute = (
@@ -486,6 +551,8 @@ _QUERIES = (
     "select '2020-01-01 12:00+00'::timestamptz::text",
     "select 1; select 2",
     "select 1; selec",
+    "deallocate a",
+    "deallocate b",
 )
 #: Session mode also takes what transaction mode cannot carry yet, and a DEALLOCATE ALL
 #: pipelined with later uses of a statement (docs/status.md).
@@ -545,16 +612,20 @@ def _reparsed(units: list) -> bool:
     """Whether one pipelined exchange parses a statement name in two Sync groups, or uses
     the unnamed statement in a group after the one that parsed it: if the group of that
     Parse fails, PostgreSQL goes on with the statement from before, where the pooler, which
-    maps names as it sends them, does not (docs/status.md)."""
+    maps names as it sends them, does not (docs/status.md). Likewise a name that a SQL
+    DEALLOCATE of the exchange names, if that DEALLOCATE fails or is skipped."""
     seen: set = set()
     unnamed = False
-    for unit in units:
-        messages = d.framed(unit)
+    framed = [d.framed(unit) for unit in units]
+    dropped = {body[11:-1] for messages in framed for t, body in messages if t == "Q" and body.startswith(b"deallocate ")}
+    for messages in framed:
         names = {body.split(b"\x00")[0] for t, body in messages if t == "P"}
         if (names - {b""}) & seen:
             return True
         uses = {body.split(b"\x00")[1] for t, body in messages if t == "B"}
-        uses |= {body[1:-1] for t, body in messages if t == "D" and body[:1] == b"S"}
+        uses |= {body[1:-1] for t, body in messages if t in "DC" and body[:1] == b"S"}
+        if (names | uses) & dropped:
+            return True
         if unnamed and b"" in uses and b"" not in names:
             return True
         seen |= names

@@ -7,6 +7,7 @@ from pgdoorman.protocol.errors import PgError
 from pgdoorman.session.prepared import (
     BIND,
     CLOSE,
+    DEALLOCATE,
     DESCRIBE,
     DUPLICATE,
     DUPLICATE_PARSE,
@@ -122,6 +123,16 @@ class ClientStatementsTests(SynchronousTestCase):
         self.assertEqual(list(self.client.named), [b"b"])
         self.client.deallocate(None)
         self.assertEqual(self.client.named, {})
+
+    def test_deallocate_item(self):
+        """A DEALLOCATE sent among other messages drops the name at once (messages behind
+        it no longer map it) and becomes an item; undone, the name comes back."""
+        _, statement, _ = self.client.translate(ord("P"), b"a\x00select 1\x00\x00\x00")
+        self.assertEqual(self.client.deallocate_item(b"a"), (DEALLOCATE, statement, b"a"))
+        self.assertIsNone(self.client.translate(ord("B"), b"\x00a\x00x"))
+        self.assertIsNone(self.client.deallocate_item(b"a"))
+        self.client.undeallocate(b"a", statement)
+        self.assertIs(self.client.named[b"a"], statement)
 
     def test_duplicate_name(self):
         """A Parse of a name the client has keeps the old statement and becomes a duplicate

@@ -291,6 +291,16 @@ class FramerErrorTests(SynchronousTestCase):
         exc = self.assertRaises(PgError, framer.feed, message(b"S", b"x" * 11)[:5])
         self.assertEqual(exc.sqlstate, SQLSTATE.PROTOCOL_VIOLATION)
 
+    def test_oversizeBody(self) -> None:
+        """An C{oversize} type is watched up to C{oversize_body} and peeked above it; other
+        watched types keep C{max_body}."""
+        framer = Framer(frozenset({S, T}), max_body=10, oversize=frozenset({S}), oversize_body=4)
+        small, large, other = message(b"S", b"x" * 4), message(b"S", b"x" * 5), message(b"T", b"y" * 8)
+        self.assertEqual(
+            framer.feed(small + large + other),
+            [(S, b"x" * 4, len(small)), (S, None, len(small + large)), (T, b"y" * 8, len(small + large + other))],
+        )
+
     def test_defaultMaxBody(self) -> None:
         """By default a watched body above L{MAX_WATCHED_BODY} is refused before buffering."""
         header = b"T" + (MAX_WATCHED_BODY + 5).to_bytes(4, "big")

@@ -6,9 +6,16 @@ from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from pgdoorman.protocol import messages as m
-from pgdoorman.session.client_input import ONE_REQUEST, ClientInput, deallocate_name, prepare_only_answer
+from pgdoorman.session.client_input import (
+    MARK_ITEM,
+    ONE_REQUEST,
+    QUERY_READ,
+    ClientInput,
+    deallocate_name,
+    prepare_only_answer,
+)
 from pgdoorman.session.lease import ClientStream
-from pgdoorman.session.prepared import PARSE, ClientStatements, PoolStatements
+from pgdoorman.session.prepared import DEALLOCATE, PARSE, ClientStatements, PoolStatements
 
 PARSE_MSG = m.message(b"P", b"s1\x00select 1\x00\x00\x00")
 BIND = m.message(b"B", b"\x00s1\x00" + b"\x00\x00\x00\x00\x00\x00")
@@ -138,6 +145,42 @@ class PreparedTests(SynchronousTestCase):
         self.assertIsNone(prepare_only_answer(ClientInput(ClientStream(), view).feed(PARSE_MSG)[0]))
         items = ClientInput(ClientStream(), view).feed(PARSE_MSG + BIND + m.SYNC)[0]
         self.assertIsNone(prepare_only_answer(items))
+
+
+class PipelinedDeallocateTests(SynchronousTestCase):
+    """A SQL DEALLOCATE of a mapped name that comes with other messages becomes an item,
+    whatever the chunking; other Queries stay raw bytes."""
+
+    def items(self, data: bytes, how: str) -> tuple:
+        """The non-empty items and the requests of C{data}, and the client's view."""
+        view = ClientStatements(PoolStatements(10))
+        view.translate(ord("P"), b"s1\x00select 1\x00\x00\x00")
+        payloads, requests, _ = feed(ClientInput(ClientStream(), view), data, how)
+        return [i for p in payloads for i in p if i != b""], requests, view
+
+    def test_behind_a_query(self):
+        """Behind another Query, and inside an extended batch (a marker goes first)."""
+        for how in ("whole", "bytes"):
+            items, requests, view = self.items(m.query("select 1") + m.query("deallocate s1"), how)
+            codes = [i[0] for i in items if type(i) is tuple and i is not ONE_REQUEST]
+            self.assertEqual(codes, [DEALLOCATE])
+            self.assertEqual(b"".join(i for i in items if type(i) is bytes), m.query("select 1"))
+            self.assertEqual((requests, view.named), (2, {}))
+            items, requests, _ = self.items(EXECUTE + m.query("DEALLOCATE s1") + m.SYNC, how)
+            self.assertEqual(items[items.index(MARK_ITEM) + 1][0], DEALLOCATE)
+            self.assertEqual(requests, 2)
+
+    def test_other_queries(self):
+        """A DEALLOCATE of a name the client does not map, and a Query too long to read,
+        are forwarded as they are."""
+        long_query = m.query("deallocate s1 " + " " * QUERY_READ)
+        for how in ("whole", "bytes"):
+            for query in (m.query("deallocate other"), long_query):
+                data = m.query("select 1") + query
+                items, requests, view = self.items(data, how)
+                self.assertEqual(b"".join(i for i in items if type(i) is bytes), data)
+                self.assertEqual(requests, 2)
+                self.assertIn(b"s1", view.named)
 
 
 class DeallocateTests(SynchronousTestCase):

@@ -12,6 +12,7 @@ from pgdoorman.session.lease import ClientStream, Counters, Lease
 from pgdoorman.session.prepared import (
     PASS_PARSE,
     SWALLOW_CLOSE,
+    SWALLOW_PREPARE,
     ClientStatements,
     PoolStatements,
     ServerStatements,
@@ -179,3 +180,21 @@ class ExpectedAnswersTests(SynchronousTestCase):
         self.assertEqual(list(linked.lease.expect), [(1, PASS_PARSE, later, b"s3")])
         self.assertNotIn(b"s1", view.named)
         self.assertEqual(set(cache.names), {evicted.name, later.name})
+
+    def test_failed_deallocate_keeps_the_name(self):
+        """A SQL DEALLOCATE standing in for the client's (refused in a failed transaction)
+        leaves the client its name, unless a later Parse gave the name another statement."""
+        linked = Linked()
+        pool = PoolStatements(10)
+        view = ClientStatements(pool)
+        linked.lease.view = view
+        linked.lease.cache = ServerStatements(10)
+        kept = pool.get(b"select 1", b"\x00\x00", "named")
+        replaced = pool.get(b"select 2", b"\x00\x00", "named")
+        newer = pool.get(b"select 3", b"\x00\x00", "named")
+        view.named[b"b"] = newer
+        linked.lease.expect.extend([(0, SWALLOW_PREPARE, kept, b"a"), (0, SWALLOW_PREPARE, replaced, b"b")])
+        linked.lease.forward(10, 1)
+        linked.answer(m.error_response("25P02", "current transaction is aborted") + m.ready_for_query(b"E"))
+        self.assertEqual(view.named, {b"b": newer, b"a": kept})
+        self.assertEqual(list(linked.lease.expect), [])

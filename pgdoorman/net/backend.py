@@ -41,6 +41,7 @@ from ..session.prepared import (
     SWALLOW_CLOSE,
     SWALLOW_MARK,
     SWALLOW_PARSE,
+    SWALLOW_PREPARE,
     ServerStatements,
     client_error,
 )
@@ -248,7 +249,21 @@ class ServerConnection(PeerProducer, Protocol):
             elif mtype == COMMAND_COMPLETE:
                 # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
                 if body[:4] in _TRACKED_TAGS:
-                    self._track_tag(body, client)
+                    expect = lease.expect
+                    if (
+                        body[:4] == b"PREP"
+                        and expect
+                        and expect[0][1] == SWALLOW_PREPARE
+                        and expect[0][0] == lease.answered
+                    ):
+                        # The PREPARE of the Query standing for a client's DEALLOCATE.
+                        expect.popleft()
+                        if out is None:
+                            out = []
+                        out.append(data[pos : end - 5 - len(body)])
+                        pos = end
+                    else:
+                        self._track_tag(body, client)
             elif mtype == PARSE_COMPLETE or mtype == CLOSE_COMPLETE:
                 if not lease.expect:
                     continue

@@ -513,20 +513,22 @@ class ClientConnection(PeerProducer, Protocol):
         return False
 
     def _deallocate(self, data: bytes) -> bool:
-        """SQL C{DEALLOCATE name} of one of the client's own statement names: answered here
-        (the server never knew that name) when nothing else is in flight or held, so that
-        answers stay in order. True if done."""
+        """SQL C{DEALLOCATE name} of one of the client's own statement names (the server
+        never knew that name): answered here when nothing else is in flight or held, else
+        sent as a Query PostgreSQL answers in its place (L{render}). True if done."""
         name = deallocate_name(data)
-        if name is None:
+        if name is None or name not in self.statements.named:
             return False
         lease = self.lease
         if lease is None:
-            quiet = self.phase == IDLE and not self._held
-        else:
-            # In a failed transaction PostgreSQL refuses the DEALLOCATE (25P02): its server
-            # answers that.
-            quiet = not lease.owed and lease.tx_status != b"E"
-        if not quiet or self.stream.batch_open or name not in self.statements.named:
+            if self.phase != IDLE or self._held:
+                self._keep(data, [self.statements.deallocate_item(name), ONE_REQUEST], 1)
+                return True
+        elif lease.owed:
+            self._send([self.statements.deallocate_item(name), ONE_REQUEST], 1)
+            return True
+        elif lease.tx_status == b"E":
+            # PostgreSQL refuses it (25P02) before looking at the name: the server says so.
             return False
         self.statements.deallocate(name)
         status = lease.tx_status if lease is not None else b"I"

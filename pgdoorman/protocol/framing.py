@@ -37,8 +37,9 @@ class Framer:
         replaced between calls to L{feed}.
     @ivar peek: message types reported without their bodies (C{body} is C{None}) as soon as
         their header is seen, so that large ones are never buffered.
-    @ivar oversize: watched types whose bodies above C{max_body} are reported as peeked
-        instead of refused (what the caller reads in them is optional).
+    @ivar oversize: watched types whose bodies above C{oversize_body} (at most C{max_body})
+        are reported as peeked instead of refused (what the caller reads in them is
+        optional).
     @ivar empty: peeked types that have no body (Sync, Flush): one with a body is refused
         as PostgreSQL refuses it, so that the caller can count on each one's answer.
     @ivar too_large: a callable making the error for a watched body above C{max_body}
@@ -49,6 +50,7 @@ class Framer:
         "watch",
         "peek",
         "oversize",
+        "oversize_body",
         "empty",
         "max_body",
         "too_large",
@@ -65,10 +67,12 @@ class Framer:
         peek: frozenset = frozenset(),
         oversize: frozenset = frozenset(),
         empty: frozenset = frozenset(),
+        oversize_body: "int | None" = None,
     ) -> None:
         self.watch = watch
         self.peek = peek
         self.oversize = oversize
+        self.oversize_body = max_body if oversize_body is None else min(oversize_body, max_body)
         self.empty = empty
         self.max_body = max_body
         self.too_large = _too_large
@@ -173,7 +177,8 @@ class Framer:
                 raise PgError(SQLSTATE.PROTOCOL_VIOLATION, f"invalid message length {length}")
             end = pos + 1 + length
             if mtype in watch:
-                if length - 4 > self.max_body:
+                size = length - 4
+                if size > self.max_body or (size > self.oversize_body and mtype in self.oversize):
                     if mtype not in self.oversize:
                         raise self.too_large(mtype, length)
                     if events is _NO_EVENTS:

@@ -51,9 +51,14 @@ _EMPTY = frozenset((SYNC, FLUSH))
 #: answer tells the lease whether it will be answered.
 _IN_BATCH = frozenset((QUERY, FUNCTION_CALL))
 #: With prepared statements mapped: Parse, Bind, Describe and Close are read whole, up to
-#: C{prepared_statements_max_message_size} (a Bind is as large as its parameters).
-_PREPARED_WATCH = _WATCH | REWRITTEN
-_PREPARED_PEEK = _PEEK - REWRITTEN
+#: C{prepared_statements_max_message_size} (a Bind is as large as its parameters), and so
+#: are Queries up to L{QUERY_READ} (one may be a SQL DEALLOCATE of a mapped name); a
+#: larger Query streams through unread.
+_PREPARED_WATCH = _WATCH | REWRITTEN | {QUERY}
+_PREPARED_PEEK = _PEEK - _PREPARED_WATCH
+_PREPARED_OVERSIZE = frozenset((QUERY,))
+#: The largest Query read whole when it comes with other messages.
+QUERY_READ = 64 << 10
 #: The default of C{prepared_statements_max_message_size}.
 PREPARED_MAX_MESSAGE = 16 << 20
 
@@ -87,7 +92,14 @@ class ClientInput:
         if view is None:
             self.framer = Framer(_WATCH, peek=_PEEK, empty=_EMPTY)
         else:
-            self.framer = Framer(_PREPARED_WATCH, max_message, _PREPARED_PEEK, empty=_EMPTY)
+            self.framer = Framer(
+                _PREPARED_WATCH,
+                max_message,
+                _PREPARED_PEEK,
+                oversize=_PREPARED_OVERSIZE,
+                empty=_EMPTY,
+                oversize_body=QUERY_READ,
+            )
             self.framer.too_large = _too_large
         self._carry = b""
         self._skip = 0
@@ -204,6 +216,9 @@ class ClientInput:
         for mtype, body, end in events:
             end += c
             start, last = last, end
+            if mtype == QUERY and body is not None:
+                pos, requests = self._query(carry, data, items, pos, end, body), requests + 1
+                continue
             if body is None:
                 if mtype in _REQUESTS:
                     if mtype in _IN_BATCH:
@@ -253,6 +268,35 @@ class ClientInput:
         self._carry = framer.partial_header
         return items, requests, False
 
+    def _query(self, carry: bytes, data: bytes, items: list, pos: int, end: int, body: bytes) -> int:
+        """Add the items for a whole Query (read up to L{QUERY_READ}) that ends at C{end};
+        return where the raw bytes go on. A SQL C{DEALLOCATE} of one of the client's names
+        becomes the item PostgreSQL answers as it would the client's (L{render})."""
+        view = self.view
+        view.drop_anonymous()
+        stream = self.stream
+        start = end - 5 - len(body)
+        if start >= pos:
+            if start > pos:
+                items.append(_span(carry, data, pos, start))
+            query = None
+        else:
+            # Held by the framer across chunks, so none of it was forwarded yet.
+            query = m.message(b"Q", body)
+        if stream.batch_open and not stream.copy_in:
+            items.append(MARK_ITEM)
+        item = None
+        if body[:1] and body[0] in DEALLOCATE_FIRST:
+            name = deallocate_name(body, 0)
+            if name is not None:
+                item = view.deallocate_item(name)
+        if item is not None:
+            items.append(item)
+        else:
+            items.append(_span(carry, data, start, end) if query is None else query)
+        items.append(ONE_REQUEST)
+        return end
+
 
 def _too_large(mtype: int, length: int) -> PgError:
     return PgError(
@@ -295,15 +339,17 @@ def prepare_only_answer(items: list) -> "bytes | None":
     return b"".join(answer)
 
 
-def deallocate_name(query: bytes) -> "bytes | None":
+def deallocate_name(query: bytes, start: int = 5) -> "bytes | None":
     """The statement name of a Query that is exactly SQL C{DEALLOCATE [PREPARE] name}, as
     PostgreSQL folds it; C{None} for anything else, C{DEALLOCATE ALL} included.
+
+    @param query: the whole message, or from C{start} on its body.
 
     Read in one pass (strip, compare, find): no pattern that could backtrack, so a Query of
     any length costs linear time on the event loop."""
     if query[-1:] != b"\x00":
         return None
-    text = query[5:-1].strip(_SPACE)
+    text = query[start:-1].strip(_SPACE)
     if text[-1:] == b";":
         text = text[:-1].rstrip(_SPACE)
     if text[:10].lower() != b"deallocate" or text[10:11] not in _SPACE or len(text) < 12:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import deque
 
-from .prepared import PASS_PARSE, PASS_REPARSE, SWALLOW_CLOSE, SWALLOW_MARK, SWALLOW_PARSE
+from .prepared import PASS_PARSE, PASS_REPARSE, SWALLOW_CLOSE, SWALLOW_MARK, SWALLOW_PARSE, SWALLOW_PREPARE
 
 __all__ = ["ClientStream", "Counters", "Lease"]
 
@@ -238,7 +238,8 @@ class Lease:
         """Drop the expected answers of Sync groups below C{before}: PostgreSQL skipped their
         messages after an error (or they were never answered), so undo what they assumed:
         the server holds no statement whose Parse was skipped, still holds one whose
-        eviction's Close was skipped, and the client has no name whose Parse failed."""
+        eviction's Close was skipped, the client has no name whose Parse failed, and keeps
+        one whose SQL DEALLOCATE failed."""
         expect = self.expect
         while expect and expect[0][0] < before:
             _, code, statement, name = expect.popleft()
@@ -251,3 +252,6 @@ class Lease:
                     self.view.forget(name, statement)
             elif code == SWALLOW_CLOSE:
                 self.cache.restore(statement)
+            elif code == SWALLOW_PREPARE:
+                if self.view is not None:
+                    self.view.undeallocate(name, statement)

@@ -51,9 +51,10 @@ REWRITTEN = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
 
 #: Item codes: a client Parse, Bind or Describe to render for the server it lands on, a
 #: client Close, a count of requests (Query, Sync, FunctionCall) in the raw bytes before, a
-#: client Parse of a name it already has (PostgreSQL answers 42P05), and the marker ahead
-#: of a Query or FunctionCall inside an extended batch.
-PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK = range(7)
+#: client Parse of a name it already has (PostgreSQL answers 42P05), the marker ahead of a
+#: Query or FunctionCall inside an extended batch, and a SQL C{DEALLOCATE} of one of the
+#: client's names that must be answered in its place among the server's answers.
+PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK, DEALLOCATE = range(8)
 
 #: What an expected ParseComplete/CloseComplete is: the client's own answer, one the client
 #: must not see (an injected Parse, an eviction's Close), a CloseComplete standing in for
@@ -61,7 +62,9 @@ PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK = range(7)
 #: the answer to a client Parse sent again under the server's unnamed statement because the
 #: statement's own Parse, in an earlier Sync group, may yet fail, or a marker's answer (a
 #: no-op Close ahead of a Query inside an extended batch: answered only if PostgreSQL is not
-#: skipping to the next Sync after an error, L{pgdoorman.session.lease.Lease.failed}).
+#: skipping to the next Sync after an error, L{pgdoorman.session.lease.Lease.failed}), and
+#: the CommandComplete of the PREPARE in the Query sent for a client's SQL C{DEALLOCATE}
+#: (L{_DEALLOCATE_QUERY}).
 (
     PASS_PARSE,
     SWALLOW_PARSE,
@@ -71,7 +74,8 @@ PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK = range(7)
     DUPLICATE_PARSE,
     PASS_REPARSE,
     SWALLOW_MARK,
-) = range(8)
+    SWALLOW_PREPARE,
+) = range(9)
 
 #: The startup settings a client's statements are planned under, part of the pool cache's
 #: key (PgDoorman's PLANNER_KEYS): two clients whose statements would resolve differently
@@ -91,6 +95,13 @@ _NO_STATEMENT = b"DOORMAN_NONE"
 
 #: Closing a portal that cannot exist: PostgreSQL answers CloseComplete and does nothing.
 _NOOP_CLOSE = m.message(b"C", b"PDOORMAN_NOOP\x00")
+
+#: What a client's SQL C{DEALLOCATE name} becomes on a server that never knew C{name}:
+#: PostgreSQL answers CommandComplete PREPARE (swallowed) and DEALLOCATE, and refuses it
+#: in a failed transaction with its own 25P02, in its own words; nothing is left behind.
+_DEALLOCATE_QUERY = m.message(
+    b"Q", b"PREPARE doorman_deallocate AS SELECT; DEALLOCATE doorman_deallocate\x00"
+)
 
 _names = itertools.count(1)
 
@@ -362,6 +373,20 @@ class ClientStatements:
             self.forgotten.clear()
         self.forgotten[statement.name] = name
 
+    def deallocate_item(self, name: bytes):
+        """The item for SQL C{DEALLOCATE name} sent with other messages or while answers are
+        owed (L{render}), the name dropped now so that messages behind it no longer map it;
+        C{None} if C{name} is not the client's (PostgreSQL answers that itself)."""
+        statement = self.named.pop(name, None)
+        if statement is None:
+            return None
+        return (DEALLOCATE, statement, name)
+
+    def undeallocate(self, name: bytes, statement: Statement) -> None:
+        """The C{DEALLOCATE name} of L{deallocate_item} failed or was skipped: the client
+        keeps the name (unless a later Parse gave it another statement)."""
+        self.named.setdefault(name, statement)
+
     def deallocate(self, name: "bytes | None") -> bool:
         """SQL C{DEALLOCATE name} (C{None}: ALL). True if C{name} was the client's."""
         if name is None:
@@ -426,6 +451,10 @@ def render(items: list, lease) -> bytes:
         if code == MARK:
             out.append(_NOOP_CLOSE)
             expect.append((group, SWALLOW_MARK, None, None))
+            continue
+        if code == DEALLOCATE:
+            out.append(_DEALLOCATE_QUERY)
+            expect.append((group, SWALLOW_PREPARE, item[1], item[2]))
             continue
         statement = item[1]
         name = statement.name
