@@ -25,17 +25,19 @@ from .rawclient import RawClient, send_cancel
 
 PASSWORD = "pw-diff"
 
+#: Pooled users: C{tx} and C{sess} with one server each, C{wide} with two (a statement
+#: can then be parsed on one server and used on the other).
 USERS = "".join(
     f"""
 [[pools.app.users]]
 username = "{name}"
 password = "{PASSWORD}"
-pool_size = 1
+pool_size = {size}
 pool_mode = "{mode}"
 server_username = "{name}"
 server_password = "{PASSWORD}"
 """
-    for name, mode in (("tx", "transaction"), ("sess", "session"))
+    for name, mode, size in (("tx", "transaction", 1), ("sess", "session", 1), ("wide", "transaction", 2))
 )
 
 #: Seconds any one test may take.
@@ -54,13 +56,13 @@ class DifferentialMixin(ClusterMixin):
         super().setUp()
         cls = type(self)
         if "initialised" not in cls.__dict__:
-            for name in ("tx", "sess"):
+            for name in ("tx", "sess", "wide"):
                 self.cluster.create_user(name, PASSWORD)
             self.cluster.create_database("app", owner="tx")
             self.cluster.sql(
                 "create table copytab (a int); create table shape (a int, b int);"
                 " insert into shape values (1, 2);"
-                " grant all on all tables in schema public to sess; grant create on schema public to sess",
+                " grant all on all tables in schema public to sess; grant create on schema public to sess, wide",
                 database="app",
                 user="tx",
             )
@@ -435,6 +437,51 @@ class ScriptTests(DifferentialMixin, TestCase):
             Q(1, "alter table ddl_shape add column b int"),
             X(0, d.bind("", "s1"), d.execute(), d.SYNC),
             Q(1, "drop table ddl_shape"),
+        ],
+    )
+
+    #: Two servers: client 0 parses on one (client 1 holds the other), the other server
+    #: gets the statement after the DDL. PostgreSQL answers 0A000 for every later Bind
+    #: and Describe of the statement; a new Parse of the text plans the new shape.
+    script_ddl_then_statement_on_another_server = (
+        "wide",
+        [
+            Q(1, "create table wide_shape (a int)"),
+            Q(1, "insert into wide_shape values (1)"),
+            Q(0, "begin"),
+            X(0, d.parse("s1", "select * from wide_shape"), d.describe("S", "s1"), d.SYNC),
+            Q(1, "begin"),
+            Q(0, "commit"),
+            Q(2, "begin"),
+            Q(1, "alter table wide_shape add column b int"),
+            Q(1, "commit"),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+            Q(2, "commit"),
+            X(0, d.describe("S", "s1"), d.SYNC),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+            X(0, d.parse("s2", "select * from wide_shape"), d.describe("S", "s2"), d.bind("", "s2"), d.execute(), d.SYNC),
+            Q(0, "begin"),
+            Q(0, "select 1/0"),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+            Q(0, "rollback"),
+            Q(1, "drop table wide_shape"),
+        ],
+    )
+    script_ddl_same_shape_on_another_server = (
+        "wide",
+        [
+            Q(1, "create table wide_same (a int)"),
+            Q(0, "begin"),
+            X(0, d.parse("s1", "select * from wide_same"), d.describe("S", "s1"), d.SYNC),
+            Q(1, "begin"),
+            Q(0, "commit"),
+            Q(2, "begin"),
+            Q(1, "drop table wide_same"),
+            Q(1, "create table wide_same (a int)"),
+            Q(1, "commit"),
+            X(0, d.bind("", "s1"), d.execute(), d.SYNC),
+            Q(2, "commit"),
+            Q(1, "drop table wide_same"),
         ],
     )
 

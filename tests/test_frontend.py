@@ -424,6 +424,8 @@ PARSE_COMPLETE = m.message(b"1")
 BIND_COMPLETE = m.message(b"2")
 CLOSE_COMPLETE = m.message(b"3")
 NO_DATA = m.message(b"n")
+#: The answers to the pooler's own Describe after a Parse it sends.
+DESCRIBED = m.message(b"t", b"\x00\x00") + NO_DATA
 
 
 class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
@@ -461,10 +463,11 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         must say whether it parses, so it goes to a server; its ParseComplete marks the
         statement as known."""
         self.client.dataReceived(parse(b"s1", b"select 1") + m.SYNC)
-        self.assertEqual([t for t, _ in self.sent()], ["P", "S"])
-        self.answer(PARSE_COMPLETE + m.READY_IDLE)
+        self.assertEqual([t for t, _ in self.sent()], ["P", "D", "S"])
+        self.answer(PARSE_COMPLETE + DESCRIBED + m.READY_IDLE)
         self.assertEqual(self.received(), ["1", "Z"])
         self.assertTrue(self.client.statements.named[b"s1"].parsed)
+        self.assertEqual(self.client.statements.named[b"s1"].shape, b"n")
 
     def test_parse_and_sync_answered_without_a_server(self):
         """libpq's PQprepare (Parse, Sync) of a statement the pool has parsed, while idle:
@@ -477,19 +480,27 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
 
     def test_bind_brings_the_statement_in(self):
         """Bind of a statement the server lacks: the Parse is injected under the pool-wide
-        name, the Bind renamed, and the injected ParseComplete never reaches the client."""
-        self.prepare(self.client, b"s1", b"select 1")
-        self.client.dataReceived(bind(b"s1") + EXECUTE + m.SYNC)
-        sent = self.sent()
-        self.assertEqual([t for t, _ in sent], ["P", "B", "E", "S"])
-        name = sent[0][1].split(b"\x00")[0]
-        self.assertTrue(name.startswith(b"DOORMAN_"), name)
-        self.assertEqual(sent[0][1], name + b"\x00select 1\x00\x00\x00")
-        self.assertEqual(sent[1][1].split(b"\x00")[1], name)
-        self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
-        self.assertEqual(self.received(), ["2", "C", "Z"])
-        self.assertEqual(self.server.pool_state, "idle")
-        self.assertEqual(list(self.server.lease.cache.names), [name])
+        name with the pooler's Describe, the Bind renamed, and the injected answers never
+        reach the client, even when the server's bytes come one at a time."""
+        for how in ("whole", "bytes"):
+            self.prepare(self.client, b"s1", b"select 1")
+            # Never described yet: nothing to check, so nothing waits.
+            self.client.statements.named[b"s1"].shape = None
+            self.client.dataReceived(bind(b"s1") + EXECUTE + m.SYNC)
+            sent = self.sent()
+            self.assertEqual([t for t, _ in sent], ["P", "D", "B", "E", "S"])
+            name = sent[0][1].split(b"\x00")[0]
+            self.assertTrue(name.startswith(b"DOORMAN_"), name)
+            self.assertEqual(sent[0][1], name + b"\x00select 1\x00\x00\x00")
+            self.assertEqual(sent[2][1].split(b"\x00")[1], name)
+            answer = PARSE_COMPLETE + DESCRIBED + BIND_COMPLETE + ANSWER
+            for chunk in [answer] if how == "whole" else [answer[i : i + 1] for i in range(len(answer))]:
+                self.answer(chunk)
+            self.assertEqual(self.received(), ["2", "C", "Z"])
+            self.assertEqual(self.server.pool_state, "idle")
+            self.assertEqual(list(self.server.lease.cache.names), [name])
+            self.server.lease.cache.clear()
+            self.client.statements.named.clear()
 
     def test_second_client_reuses_the_servers_statement(self):
         """Another client preparing the same text under its own name gets the same server
@@ -498,7 +509,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.prepare(self.client, b"mine", b"select 1")
         self.client.dataReceived(bind(b"mine") + EXECUTE + m.SYNC)
         name = self.sent()[0][1].split(b"\x00")[0]
-        self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+        self.answer(PARSE_COMPLETE + DESCRIBED + BIND_COMPLETE + ANSWER)
         other = self.newClient()
         other.dataReceived(parse(b"theirs", b"select 1") + bind(b"theirs") + EXECUTE + m.SYNC)
         sent = self.sent()
@@ -524,13 +535,13 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
             self.client.dataReceived(parse(b"", query) + bind(b"") + EXECUTE + m.SYNC)
             sent = self.sent()
             if i < 2:
-                self.assertEqual([t for t, _ in sent], ["P", "B", "E", "S"])
+                self.assertEqual([t for t, _ in sent], ["P", "D", "B", "E", "S"])
                 names.append(sent[0][1].split(b"\x00")[0])
-                self.answer(PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+                self.answer(PARSE_COMPLETE + DESCRIBED + BIND_COMPLETE + ANSWER)
             else:
-                self.assertEqual([t for t, _ in sent], ["C", "P", "B", "E", "S"])
+                self.assertEqual([t for t, _ in sent], ["C", "P", "D", "B", "E", "S"])
                 self.assertEqual(sent[0][1], b"S" + names[0] + b"\x00")
-                self.answer(CLOSE_COMPLETE + PARSE_COMPLETE + BIND_COMPLETE + ANSWER)
+                self.answer(CLOSE_COMPLETE + PARSE_COMPLETE + DESCRIBED + BIND_COMPLETE + ANSWER)
             self.assertEqual(self.received(), ["1", "2", "C", "Z"])
         self.assertEqual(len(self.server.lease.cache), 2)
         self.assertNotIn(names[0], self.server.lease.cache.names)
@@ -539,7 +550,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         """A Parse the server rejects: the rest of the group is skipped, the server is not
         believed to hold the statement, and the client's name is gone."""
         self.client.dataReceived(parse(b"bad", b"selec 1") + bind(b"bad") + EXECUTE + m.SYNC)
-        self.assertEqual([t for t, _ in self.sent()], ["P", "B", "E", "S"])
+        self.assertEqual([t for t, _ in self.sent()], ["P", "D", "B", "E", "S"])
         error = m.error_response("ERROR", "42601", "syntax error")
         self.answer(error + m.READY_IDLE)
         self.assertEqual(self.received(), ["E", "Z"])
@@ -557,7 +568,7 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.sent()
         self.received()
         self.client.dataReceived(bind(b"nope") + EXECUTE + bind(b"s1") + EXECUTE + m.SYNC)
-        self.assertEqual([t for t, _ in self.sent()], ["B", "E", "P", "B", "E", "S"])
+        self.assertEqual([t for t, _ in self.sent()], ["B", "E", "P", "D", "B", "E", "S"])
         error = m.error_response("ERROR", "26000", "prepared statement does not exist")
         self.answer(error + m.ready_for_query(b"E"))
         self.assertEqual(self.received(), ["E", "Z"])
@@ -569,11 +580,63 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         self.prepare(self.client, b"s1", b"select 1")
         self.client.dataReceived(describe_statement(b"s1") + m.SYNC)
         sent = self.sent()
-        self.assertEqual([t for t, _ in sent], ["P", "D", "S"])
+        self.assertEqual([t for t, _ in sent], ["P", "D", "D", "S"])
         name = sent[0][1].split(b"\x00")[0]
-        self.assertEqual(sent[1][1], b"S" + name + b"\x00")
-        self.answer(PARSE_COMPLETE + m.message(b"t", b"\x00\x00") + NO_DATA + m.READY_IDLE)
+        self.assertEqual(sent[2][1], b"S" + name + b"\x00")
+        self.answer(PARSE_COMPLETE + DESCRIBED + DESCRIBED + m.READY_IDLE)
         self.assertEqual(self.received(), ["t", "n", "Z"])
+
+    def test_bind_waits_for_the_shape_check(self):
+        """Bind of a described statement the server lacks: the Parse, the pooler's Describe
+        and a Flush go first; the client's messages (and what it sends meanwhile) wait for
+        the description, then go on."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.statements.named[b"s1"].shape = b"n"
+        self.client.dataReceived(bind(b"s1") + EXECUTE)
+        self.assertEqual([t for t, _ in self.sent()], ["P", "D", "H"])
+        self.client.dataReceived(m.SYNC)
+        self.assertEqual((self.sent(), self.client.state), ([], "active"))
+        self.answer(PARSE_COMPLETE + DESCRIBED)
+        self.assertEqual([t for t, _ in self.sent()], ["B", "E", "S"])
+        self.answer(BIND_COMPLETE + ANSWER)
+        self.assertEqual(self.received(), ["2", "C", "Z"])
+        self.assertEqual(self.server.pool_state, "idle")
+
+    def test_changed_shape_fails_as_postgresql_does(self):
+        """The server plans another shape than the statement was described with (a DDL came
+        in between): the client's Bind fails with 0A000, as on a direct session, and a new
+        Parse of the text gets a new statement."""
+        self.prepare(self.client, b"s1", b"select * from t")
+        stale = self.client.statements.named[b"s1"]
+        stale.shape = b"n"
+        self.client.dataReceived(bind(b"s1") + EXECUTE + m.SYNC)
+        self.sent()
+        self.answer(PARSE_COMPLETE + m.message(b"t", b"\x00\x00") + m.row_description([("a", 23), ("b", 23)]))
+        sent = self.sent()
+        self.assertEqual([t for t, _ in sent], ["B", "E", "S"])
+        self.assertEqual(sent[0][1].split(b"\x00")[1], b"DOORMAN_STALE")
+        self.answer(m.error_response("26000", 'prepared statement "DOORMAN_STALE" does not exist') + m.READY_IDLE)
+        [(kind, body), (ready, _)] = _messages(self.client.transport.value())
+        self.assertEqual((kind, ready), ("E", "Z"))
+        fields = m.parse_error_fields(body)
+        self.assertEqual((fields["C"], fields["M"]), ("0A000", "cached plan must not change result type"))
+        self.assertTrue(stale.stale)
+        other = self.newClient()
+        other.dataReceived(parse(b"s1", b"select * from t") + m.SYNC)
+        self.assertIsNot(other.statements.named[b"s1"], stale)
+
+    def test_error_ahead_of_a_check_ends_it(self):
+        """An error earlier in the group makes PostgreSQL skip the check's Describe: the
+        held messages go on at once, without another check."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.statements.named[b"s1"].shape = b"n"
+        self.client.dataReceived(bind(b"nope") + EXECUTE + bind(b"s1") + EXECUTE + m.SYNC)
+        self.assertEqual([t for t, _ in self.sent()], ["B", "E", "P", "D", "H"])
+        self.answer(m.error_response("26000", 'prepared statement "nope" does not exist'))
+        self.assertEqual([t for t, _ in self.sent()], ["P", "D", "B", "E", "S"])
+        self.answer(m.READY_IDLE)
+        self.assertEqual(self.received(), ["E", "Z"])
+        self.assertEqual(self.server.pool_state, "idle")
 
     def test_close_forgets_the_name(self):
         """Close of a statement: the client's name is gone, the CloseComplete is the client's."""

@@ -25,9 +25,12 @@ from ..protocol.constants import (
     COMMAND_COMPLETE,
     COPY_IN_RESPONSE,
     ERROR_RESPONSE,
+    NO_DATA,
+    PARAMETER_DESCRIPTION,
     PARAMETER_STATUS,
     PARSE_COMPLETE,
     READY_FOR_QUERY,
+    ROW_DESCRIPTION,
     SQLSTATE,
 )
 from ..protocol.errors import PgError
@@ -44,6 +47,7 @@ from ..session.prepared import (
     SWALLOW_PREPARE,
     ServerStatements,
     client_error,
+    result_shape,
 )
 from ..session.server_login import ServerLogin
 from .fastwrite import eager_writer
@@ -64,6 +68,8 @@ _LINKED_WATCH = frozenset(
 )
 #: With prepared statements mapped, also the answers the pooler may swallow or change.
 _PREPARED_WATCH = _LINKED_WATCH | {PARSE_COMPLETE, CLOSE_COMPLETE}
+#: While the pooler's own Describes are answered, their answers too.
+_DESCRIBE_WATCH = _PREPARED_WATCH | {PARAMETER_DESCRIPTION, ROW_DESCRIPTION, NO_DATA}
 
 #: Expected answers that stand for a Parse of the client's.
 _CLIENT_PARSES = frozenset((PASS_PARSE, PASS_REPARSE, CLOSE_AS_PARSE))
@@ -166,6 +172,8 @@ class ServerConnection(PeerProducer, Protocol):
         self.created_at = clock.seconds()
         self.last_used = self.created_at
         self._framer = Framer(ALL_TYPES, oversize=_OVERSIZE)
+        #: The start of a message held back from a mapped client until it is whole.
+        self._carry = b""
         self._login = ServerLogin(credentials, startup)
         self._logged_in = False
         self._internal: "Deferred | None" = None
@@ -195,12 +203,15 @@ class ServerConnection(PeerProducer, Protocol):
                 return
             lease = self.lease
             lease.stats.sent += len(data)
+            if lease.view is not None:
+                self._mapped(data, client, lease)
+                return
             events = self._framer.feed(data)
             if not events:
                 lease.at_ready = False
                 client.write(data)
                 return
-            self._linked(data, events, client, lease)
+            self._linked(data, events, client, lease, len(data))
         except PgError as e:
             self.log.warn("server {server!r} broke the protocol: {why}", server=self, why=e.message)
             self._fail(PgError(SQLSTATE.PROTOCOL_VIOLATION, e.message))
@@ -228,9 +239,35 @@ class ServerConnection(PeerProducer, Protocol):
 
     # -- linked forwarding
 
-    def _linked(self, data: bytes, events: list, client, lease: Lease) -> None:
+    def _mapped(self, data: bytes, client, lease: Lease) -> None:
+        """Forward to a client whose prepared statements are mapped: a message the pooler
+        may swallow or change is held back until it is whole, so that none of it reaches
+        the client before the pooler has read it."""
+        framer = self._framer
+        if lease.describes:
+            framer.watch = _DESCRIBE_WATCH
+        events = framer.feed(data)
+        carry = self._carry
+        if carry:
+            c = len(carry)
+            data = carry + data
+            events = [(mtype, body, end + c) for mtype, body, end in events]
+            self._carry = b""
+        held = framer.held
+        if held:
+            self._carry = data[-held:]
+            data = data[:-held]
+        if not events:
+            lease.at_ready = False
+            if data:
+                client.write(data)
+            return
+        self._linked(data, events, client, lease, len(data) + held)
+
+    def _linked(self, data: bytes, events: list, client, lease: Lease, n: int) -> None:
+        """Forward C{data} (of the C{n} bytes received, the rest held back), acting on the
+        watched messages in it."""
         pos = 0
-        n = len(data)
         out = None
         lease.at_ready = False
         for mtype, body, end in events:
@@ -241,10 +278,12 @@ class ServerConnection(PeerProducer, Protocol):
                         client.write(b"".join(out))
                     else:
                         client.write(data if pos == 0 and end == n else data[pos:end])
+                    rest = data[end:] + self._carry
+                    self._carry = b""
                     self._framer.reset()
                     client.release_server()
-                    if end < n:
-                        self.dataReceived(data[end:])
+                    if rest:
+                        self.dataReceived(rest)
                     return
             elif mtype == COMMAND_COMPLETE:
                 # One slice and one set lookup keep SELECT/INSERT/... off the slow path.
@@ -277,6 +316,20 @@ class ServerConnection(PeerProducer, Protocol):
                     if code == CLOSE_AS_PARSE:
                         out.append(m.PARSE_COMPLETE)
                     pos = end
+            elif mtype == PARAMETER_DESCRIPTION:
+                start = end - 5 - len(body)
+                if lease.describe_started(data[start:end]):
+                    if out is None:
+                        out = []
+                    out.append(data[pos:start])
+                    pos = end
+            elif mtype == ROW_DESCRIPTION or mtype == NO_DATA:
+                if lease.describing is not None:
+                    lease.described(result_shape(mtype, body))
+                    if out is None:
+                        out = []
+                    out.append(data[pos : end - 5 - len(body)])
+                    pos = end
             elif mtype == PARAMETER_STATUS:
                 name, value = self._parameter(body)
                 if name in TRACKED:
@@ -291,7 +344,7 @@ class ServerConnection(PeerProducer, Protocol):
                     continue
                 fields = m.parse_error_fields(body)
                 if lease.view is not None:
-                    renamed = client_error(body, lease.view, lease.expect)
+                    renamed = client_error(body, lease.view, lease.expect, lease.tx_status == b"E")
                     if renamed is not None:
                         if out is None:
                             out = []
@@ -307,6 +360,10 @@ class ServerConnection(PeerProducer, Protocol):
             client.write(b"".join(out))
         else:
             client.write(data if pos == 0 else data[pos:])
+        if self._framer.watch is _DESCRIBE_WATCH and not lease.describes:
+            self._framer.watch = _PREPARED_WATCH
+        if lease.check_done():
+            client.checked()
 
     def link(self, client, stream, view, blocked: bool) -> Lease:
         """Attach a client: from now on server bytes go to it, with flow control both ways.

@@ -30,7 +30,7 @@ from ..session.client_input import (
 from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started
 from ..session.lease import ClientStream, Lease
 from ..session.parameters import wanted_from_startup, with_change
-from ..session.prepared import ClientStatements, planner_key, render
+from ..session.prepared import REQUESTS, ClientStatements, planner_key, render
 from ..session.state import ClientState
 from .backend import PeerProducer
 from .fastwrite import eager_writer
@@ -41,10 +41,19 @@ __all__ = ["ClientConnection", "ClientFactory"]
 #: Bytes a client may send while it waits for a server before we stop reading from it.
 _HELD_CAP = 256 * 1024
 
-LOGGING_IN, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED = range(7)
+#: CHECKING: linked, the client's messages held while the pooler checks a statement it
+#: brought to the server (L{pgdoorman.session.lease.Lease.checking}).
+LOGGING_IN, LOGIN, IDLE, WAITING, LINKED, ADMIN, CLOSED, CHECKING = range(8)
 
 #: SHOW CLIENTS state of each phase.
-_STATES = {IDLE: "idle", LINKED: "active", ADMIN: "active", WAITING: "waiting", LOGIN: "waiting"}
+_STATES = {
+    IDLE: "idle",
+    LINKED: "active",
+    CHECKING: "active",
+    ADMIN: "active",
+    WAITING: "waiting",
+    LOGIN: "waiting",
+}
 
 
 class ClientConnection(PeerProducer, Protocol):
@@ -158,6 +167,8 @@ class ClientConnection(PeerProducer, Protocol):
                 self._hold(data)
             elif self.phase == LOGIN:
                 self._held.append(data)
+            elif self.phase == CHECKING:
+                self._checking(data)
             elif self.phase == ADMIN:
                 self._admin_phase(data)
             elif self.phase == CLOSED:
@@ -492,13 +503,37 @@ class ClientConnection(PeerProducer, Protocol):
 
     def _send(self, payload, requests: int) -> None:
         """Send the linked server C{payload} (bytes, or items to render for it) and count
-        its C{requests}."""
+        its C{requests}; what L{render} stopped before waits for the check it started."""
         lease = self.lease
         if type(payload) is list:
             payload = render(payload, lease)
+            rest = lease.rest
+            if rest is not None:
+                lease.rest = None
+                held = sum(item[1] for item in rest if type(item) is tuple and item[0] == REQUESTS)
+                requests -= held
+                self.phase = CHECKING
+                self._keep(b"", rest, held)
         lease.forward(len(payload), requests)
         if payload:
             self.server.write(payload)
+
+    def _checking(self, data: bytes) -> None:
+        """Bytes that arrive while a check holds the client's messages: held behind them."""
+        payload, requests, terminated = self._input.feed(data)
+        if payload:
+            self._keep(data, payload, requests)
+        if terminated:
+            self._terminated()
+        elif self._held_bytes > _HELD_CAP and not self._paused:
+            self._paused = True
+            self.transport.pauseProducing()
+
+    def checked(self) -> None:
+        """The check is done (L{Lease.check_done}): send what it held."""
+        if self.phase == CHECKING:
+            self.phase = LINKED
+            self._flush_held()
 
     def _mapped_query(self, data: bytes) -> bool:
         """A lone Query from a client whose statements are mapped, that may be a SQL

@@ -12,7 +12,15 @@ from __future__ import annotations
 
 from collections import deque
 
-from .prepared import PASS_PARSE, PASS_REPARSE, SWALLOW_CLOSE, SWALLOW_MARK, SWALLOW_PARSE, SWALLOW_PREPARE
+from .prepared import (
+    PASS_PARSE,
+    PASS_REPARSE,
+    SWALLOW_CLOSE,
+    SWALLOW_DESCRIBE,
+    SWALLOW_MARK,
+    SWALLOW_PARSE,
+    SWALLOW_PREPARE,
+)
 
 __all__ = ["ClientStream", "Counters", "Lease"]
 
@@ -77,6 +85,15 @@ class Lease:
     @ivar skipping: an error in extended-protocol messages made PostgreSQL skip everything
         until the next Sync, Queries and FunctionCalls in between included: the next
         ReadyForQuery is that Sync's.
+    @ivar failed_group: the Sync group of the last ErrorResponse (PostgreSQL skips the
+        rest of it, so nothing sent in it waits for a check).
+    @ivar describes: the pooler's own Describes not answered yet (the server's adapter
+        reads their answers while there are any).
+    @ivar describing: C{(statement, client name or None, ParameterDescription)} between
+        the two answers of one of them.
+    @ivar rest: the items L{pgdoorman.session.prepared.render} stopped before, for the
+        client's adapter to hold until the check is done (it takes them at once).
+    @ivar checking: the client's messages wait for the pooler's Describes (L{described}).
     """
 
     __slots__ = (
@@ -86,6 +103,11 @@ class Lease:
         "tx_status",
         "at_ready",
         "skipping",
+        "failed_group",
+        "describes",
+        "describing",
+        "rest",
+        "checking",
         "stream",
         "view",
         "cache",
@@ -105,6 +127,11 @@ class Lease:
         self.tx_status = b"I"
         self.at_ready = False
         self.skipping = False
+        self.failed_group = -1
+        self.describes = 0
+        self.describing = None
+        self.rest = None
+        self.checking = False
         self.stream: "ClientStream | None" = None
         self.view = None
         self.cache = None
@@ -178,7 +205,13 @@ class Lease:
         stream = self.stream
         stream.xacts += 1
         self.counters.xacts += 1
-        return stream.transaction_mode and not stream.batch_open and not stream.copy_in and not stream.partial
+        return (
+            stream.transaction_mode
+            and not stream.batch_open
+            and not stream.copy_in
+            and not stream.partial
+            and not self.checking
+        )
 
     def failed(self) -> None:
         """An ErrorResponse arrived for the bound client: count it, drop the expected
@@ -188,6 +221,10 @@ class Lease:
         stream = self.stream
         stream.errors += 1
         self.stats.errors += 1
+        self.failed_group = self.answered
+        if self.describing is not None:
+            self.describing = None
+            self.describes -= 1
         if stream.copy_in:
             stream.copy_in = False
             stream.copy_dropped = True
@@ -255,3 +292,45 @@ class Lease:
             elif code == SWALLOW_PREPARE:
                 if self.view is not None:
                     self.view.undeallocate(name, statement)
+            elif code == SWALLOW_DESCRIBE:
+                self.describes -= 1
+
+    def describe_started(self, params: bytes) -> bool:
+        """A ParameterDescription arrived: True if it answers the pooler's own Describe
+        (C{params} is kept with it), which the client must not see."""
+        expect = self.expect
+        if not expect or expect[0][1] != SWALLOW_DESCRIBE:
+            return False
+        _, _, statement, name = expect.popleft()
+        self.describing = (statement, name, params)
+        return True
+
+    def described(self, shape: bytes) -> None:
+        """The RowDescription or NoData of the pooler's Describe arrived, as
+        L{pgdoorman.session.prepared.result_shape}: the statement's first description
+        sets its shape; another shape makes it stale (a client whose own Parse this was
+        gets a new statement of the new shape)."""
+        statement, name, params = self.describing
+        self.describing = None
+        self.describes -= 1
+        if statement.shape is None:
+            statement.shape = shape
+            statement.params = params
+        elif statement.shape != shape and not statement.stale:
+            statement.stale = True
+            view = self.view
+            if view is not None:
+                view.pool.retire(statement)
+                if name is not None:
+                    fresh = view.renew(name, statement)
+                    if fresh is not None and fresh.shape is None:
+                        fresh.shape = shape
+                        fresh.params = params
+
+    def check_done(self) -> bool:
+        """True once, when the client's held messages may go: every Describe they waited
+        for is answered (or skipped after an error)."""
+        if self.checking and not self.describes:
+            self.checking = False
+            return True
+        return False

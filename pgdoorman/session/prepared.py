@@ -18,6 +18,13 @@ Each server's lease (L{pgdoorman.session.lease.Lease}) keeps an C{expect} queue 
 answers (ParseComplete and CloseComplete only, in send order), each tagged with the number
 of the Sync group it belongs to; an ErrorResponse makes the server skip the rest of its
 group, so the queued entries of that group are dropped and what they assumed is rolled back.
+
+A server that parses a statement for the pool is also asked to describe it (answers
+swallowed): the first description is the statement's result shape, and a later server whose
+Parse plans another shape (a DDL came in between) has the statement marked stale. A client's
+Bind or Describe of a statement a server lacks waits for that check before it is sent, so
+that nothing runs under a shape the client was never told; a stale statement fails with
+PostgreSQL's 0A000, as the client's own would on a direct session.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ __all__ = [
     "interner",
     "planner_key",
     "render",
+    "result_shape",
 ]
 
 _PARSE, _BIND, _DESCRIBE, _CLOSE = c.PARSE, c.BIND, c.DESCRIBE, c.CLOSE
@@ -64,7 +72,8 @@ PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK, DEALLOCATE = range(8)
 #: no-op Close ahead of a Query inside an extended batch: answered only if PostgreSQL is not
 #: skipping to the next Sync after an error, L{pgdoorman.session.lease.Lease.failed}), and
 #: the CommandComplete of the PREPARE in the Query sent for a client's SQL C{DEALLOCATE}
-#: (L{_DEALLOCATE_QUERY}).
+#: (L{_DEALLOCATE_QUERY}), and the ParameterDescription (then RowDescription or NoData) of
+#: the pooler's own Describe after a Parse it sends (L{Statement.shape}).
 (
     PASS_PARSE,
     SWALLOW_PARSE,
@@ -75,7 +84,8 @@ PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK, DEALLOCATE = range(8)
     PASS_REPARSE,
     SWALLOW_MARK,
     SWALLOW_PREPARE,
-) = range(9)
+    SWALLOW_DESCRIBE,
+) = range(10)
 
 #: The startup settings a client's statements are planned under, part of the pool cache's
 #: key (PgDoorman's PLANNER_KEYS): two clients whose statements would resolve differently
@@ -102,6 +112,12 @@ _NOOP_CLOSE = m.message(b"C", b"PDOORMAN_NOOP\x00")
 _DEALLOCATE_QUERY = m.message(
     b"Q", b"PREPARE doorman_deallocate AS SELECT; DEALLOCATE doorman_deallocate\x00"
 )
+
+#: Names a stale statement is bound (C{_STALE}) or described (C{_STALE} and its number)
+#: under: no server holds them, and L{client_error} turns PostgreSQL's 26000 into 0A000.
+_STALE = b"DOORMAN_STALE"
+#: Asks PostgreSQL for the answers so far, so that a check is not left waiting for a Sync.
+_FLUSH = m.message(b"H")
 
 _names = itertools.count(1)
 
@@ -157,9 +173,14 @@ class Statement:
     @ivar used: how many client Parses mapped to it.
     @ivar parsed: a server answered its Parse with ParseComplete at least once, so a
         client's Parse and Sync alone may be answered without a server.
+    @ivar shape: the result columns (L{result_shape}) of its first description, or C{None}.
+    @ivar params: the ParameterDescription of that description (PostgreSQL sends it
+        before the 0A000 of a stale statement's Describe).
+    @ivar stale: a server planned another result shape since: every Bind and Describe
+        fails with 0A000, as PostgreSQL's own cached plan would.
     """
 
-    __slots__ = ("name", "query", "types", "kind", "used", "parsed")
+    __slots__ = ("name", "query", "types", "kind", "used", "parsed", "shape", "params", "stale")
 
     def __init__(self, query: bytes, types: bytes, kind: str) -> None:
         self.name = b"DOORMAN_%d" % next(_names)
@@ -168,6 +189,9 @@ class Statement:
         self.kind = kind
         self.used = 0
         self.parsed = False
+        self.shape: "bytes | None" = None
+        self.params = b""
+        self.stale = False
 
     @property
     def parse(self) -> bytes:
@@ -206,6 +230,15 @@ class PoolStatements:
                 statement.kind = "mixed"
         statement.used += 1
         return statement
+
+    def retire(self, statement: Statement) -> None:
+        """C{statement} went stale: later Parses of its text get a new one (clients that
+        hold it keep it, as their own statement on PostgreSQL would stay stale)."""
+        for key, entry in self.entries.items():
+            if entry is statement:
+                del self.entries[key]
+                interner.release(statement.query)
+                return
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -373,6 +406,20 @@ class ClientStatements:
             self.forgotten.clear()
         self.forgotten[statement.name] = name
 
+    def renew(self, name: bytes, stale: Statement) -> "Statement | None":
+        """The client's own Parse of C{name} planned a new shape while C{stale} (which its
+        name maps to) has the old one: the client's statement is a new one, as its Parse
+        came after the change. Return it (C{None} if the name maps to something else)."""
+        current = self.named.get(name) if name else self.anonymous
+        if current is not stale:
+            return None
+        fresh = self.pool.get(stale.query, stale.types, stale.kind, self.planner)
+        if name:
+            self.named[name] = fresh
+        else:
+            self.anonymous = fresh
+        return fresh
+
     def deallocate_item(self, name: bytes):
         """The item for SQL C{DEALLOCATE name} sent with other messages or while answers are
         owed (L{render}), the name dropped now so that messages behind it no longer map it;
@@ -435,7 +482,7 @@ def render(items: list, lease) -> bytes:
     expect = lease.expect
     group = lease.answered + lease.owed
     out = []
-    for item in items:
+    for index, item in enumerate(items):
         if type(item) is bytes:
             out.append(item)
             continue
@@ -457,6 +504,9 @@ def render(items: list, lease) -> bytes:
             expect.append((group, SWALLOW_PREPARE, item[1], item[2]))
             continue
         statement = item[1]
+        if statement.stale and (code == BIND or code == DESCRIBE):
+            out.append(_stale(code, statement, item))
+            continue
         name = statement.name
         if name in names:
             names.move_to_end(name)
@@ -482,6 +532,18 @@ def render(items: list, lease) -> bytes:
                 expect.append((group, PASS_PARSE, statement, item[2]))
             else:
                 expect.append((group, SWALLOW_PARSE, statement, None))
+            out.append(b"D" + (len(name) + 6).to_bytes(4, "big") + b"S" + name + b"\x00")
+            expect.append((group, SWALLOW_DESCRIBE, statement, item[2] if code == PARSE else None))
+            lease.describes += 1
+            checked = code == BIND or code == DESCRIBE
+            if checked and statement.shape is not None and group != lease.failed_group:
+                # Brought to this server for a Bind or Describe: nothing may use it before
+                # its shape is checked, so the rest waits for the answer (Lease.described).
+                pinned.add(name)
+                out.append(_FLUSH)
+                lease.rest = items[index:]
+                lease.checking = True
+                return b"".join(out)
         pinned.add(name)
         if code == DUPLICATE:
             # The statement is on the server now: parsing the new text under its name
@@ -496,7 +558,63 @@ def render(items: list, lease) -> bytes:
     return b"".join(out)
 
 
-def client_error(body: bytes, view, expect) -> "bytes | None":
+def _stale(code: int, statement: Statement, item: tuple) -> bytes:
+    """A stale statement's Bind or Describe, under a name no server holds."""
+    if code == BIND:
+        body = item[2] + _STALE + b"\x00" + item[3]
+        return b"B" + (len(body) + 4).to_bytes(4, "big") + body
+    name = _STALE + statement.name[7:]
+    return b"D" + (len(name) + 6).to_bytes(4, "big") + b"S" + name + b"\x00"
+
+
+def result_shape(mtype: int, body: bytes) -> bytes:
+    """What of a RowDescription (or NoData) PostgreSQL compares when it re-plans a cached
+    statement: the columns' names, types, lengths and modifiers, not the table and column
+    numbers they come from (a table dropped and created again has the same shape)."""
+    if mtype == c.NO_DATA:
+        return b"n"
+    out = [b"T"]
+    pos = 2
+    for _ in range(int.from_bytes(body[:2], "big")):
+        end = body.index(0, pos) + 1
+        out.append(body[pos:end])
+        out.append(body[end + 6 : end + 16])
+        pos = end + 18
+    return b"".join(out)
+
+
+#: PostgreSQL's refusal of a statement whose result shape changed (plancache.c).
+_CHANGED = m.message(
+    b"E",
+    b"SERROR\x00VERROR\x00C0A000\x00Mcached plan must not change result type\x00"
+    b"Fplancache.c\x00RRevalidateCachedQuery\x00\x00",
+)
+#: And of anything but a transaction's end in a failed transaction (postgres.c).
+_ABORTED = m.message(
+    b"E",
+    b"SERROR\x00VERROR\x00C25P02\x00"
+    b"Mcurrent transaction is aborted, commands ignored until end of transaction block\x00\x00",
+)
+
+
+def _stale_error(body: bytes, view, aborted: bool) -> bytes:
+    """PostgreSQL's answer to the Bind or Describe of a stale statement that L{_stale}
+    sent under a name no server holds: 0A000, after its ParameterDescription for a
+    Describe (25P02 in a failed transaction)."""
+    if aborted:
+        return _ABORTED
+    start = body.find(b'"' + _STALE) + 1 + len(_STALE)
+    number = body[start : body.find(b'"', start)]
+    if number:
+        ours = b"DOORMAN" + number
+        candidates = list(view.named.values()) + [view.anonymous]
+        for statement in candidates:
+            if statement is not None and statement.name == ours:
+                return statement.params + _CHANGED
+    return _CHANGED
+
+
+def client_error(body: bytes, view, expect, aborted: bool = False) -> "bytes | None":
     """The ErrorResponse (C{body}) a client gets when PostgreSQL's names one of the
     pooler's C{DOORMAN_<n>} statements ("prepared statement ... already exists" for a
     duplicate Parse the pooler sent, "... requires 1" for a Bind): PostgreSQL's own, with
@@ -506,10 +624,13 @@ def client_error(body: bytes, view, expect) -> "bytes | None":
     @param view: the client's L{ClientStatements}.
     @param expect: the lease's expected answers (a L{DUPLICATE_PARSE} names its client's
         name for the statement, which the view does not map to it).
+    @param aborted: the server's transaction had failed (its last ReadyForQuery said so).
     """
     start = body.find(b'"DOORMAN_')
     if start < 0:
         return None
+    if body.startswith(_STALE, start + 1):
+        return _stale_error(body, view, aborted)
     names = dict(view.forgotten)
     names[_NO_STATEMENT] = b""
     if view.anonymous is not None:
