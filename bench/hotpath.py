@@ -75,6 +75,7 @@ def build():
     server = ServerConnection(credentials=ServerCredentials("bench"), startup={}, clock=clock)
     server.makeConnection(NullTransport())
     server._logged_in = True
+    server.params = {"server_version": "15.0", "application_name": ""}
     registry = PoolRegistry(loads(CONFIG), connect=lambda *a: succeed(server), clock=clock)
     factory = ClientFactory(registry, canceller=lambda s: None)
     client = factory.buildProtocol(None)
@@ -88,7 +89,11 @@ def run(client, server, n: int, mode: str = "simple") -> None:
     """N transactions."""
     query, answer = MODES[mode]
     if mode == "prepared":
+        # No server has parsed the text yet, so the Parse goes to one (with the pooler's
+        # own Describe behind it, whose answers are cut out).
         client.dataReceived(m.message(b"P", b"P_0\x00" + SQL + b"\x00\x00\x00") + m.SYNC)
+        described = m.message(b"t", b"\x00\x01\x00\x00\x00\x17") + m.row_description([("abalance", 23)])
+        server.dataReceived(m.message(b"1") + described + m.READY_IDLE)
     for _ in range(n):
         client.dataReceived(query)
         server.dataReceived(answer)

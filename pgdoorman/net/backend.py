@@ -203,15 +203,31 @@ class ServerConnection(PeerProducer, Protocol):
                 return
             lease = self.lease
             lease.stats.sent += len(data)
+            framer = self._framer
+            if lease.describes:
+                framer.watch = _DESCRIBE_WATCH
+            events = framer.feed(data)
+            n = len(data)
             if lease.view is not None:
-                self._mapped(data, client, lease)
-                return
-            events = self._framer.feed(data)
+                # A message the pooler may swallow or change is held back until it is
+                # whole, so that none of it reaches the client before it is read.
+                carry = self._carry
+                if carry:
+                    c = len(carry)
+                    data = carry + data
+                    events = [(mtype, body, end + c) for mtype, body, end in events]
+                    self._carry = b""
+                    n = len(data)
+                held = framer.held
+                if held:
+                    self._carry = data[-held:]
+                    data = data[:-held]
             if not events:
                 lease.at_ready = False
-                client.write(data)
+                if data:
+                    client.write(data)
                 return
-            self._linked(data, events, client, lease, len(data))
+            self._linked(data, events, client, lease, n)
         except PgError as e:
             self.log.warn("server {server!r} broke the protocol: {why}", server=self, why=e.message)
             self._fail(PgError(SQLSTATE.PROTOCOL_VIOLATION, e.message))
@@ -238,31 +254,6 @@ class ServerConnection(PeerProducer, Protocol):
             self.on_lost(self)
 
     # -- linked forwarding
-
-    def _mapped(self, data: bytes, client, lease: Lease) -> None:
-        """Forward to a client whose prepared statements are mapped: a message the pooler
-        may swallow or change is held back until it is whole, so that none of it reaches
-        the client before the pooler has read it."""
-        framer = self._framer
-        if lease.describes:
-            framer.watch = _DESCRIBE_WATCH
-        events = framer.feed(data)
-        carry = self._carry
-        if carry:
-            c = len(carry)
-            data = carry + data
-            events = [(mtype, body, end + c) for mtype, body, end in events]
-            self._carry = b""
-        held = framer.held
-        if held:
-            self._carry = data[-held:]
-            data = data[:-held]
-        if not events:
-            lease.at_ready = False
-            if data:
-                client.write(data)
-            return
-        self._linked(data, events, client, lease, len(data) + held)
 
     def _linked(self, data: bytes, events: list, client, lease: Lease, n: int) -> None:
         """Forward C{data} (of the C{n} bytes received, the rest held back), acting on the
@@ -362,7 +353,7 @@ class ServerConnection(PeerProducer, Protocol):
             client.write(data if pos == 0 else data[pos:])
         if self._framer.watch is _DESCRIBE_WATCH and not lease.describes:
             self._framer.watch = _PREPARED_WATCH
-        if lease.check_done():
+        if lease.checking and lease.check_done():
             client.checked()
 
     def link(self, client, stream, view, blocked: bool) -> Lease:

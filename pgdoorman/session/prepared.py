@@ -482,7 +482,7 @@ def render(items: list, lease) -> bytes:
     expect = lease.expect
     group = lease.answered + lease.owed
     out = []
-    for index, item in enumerate(items):
+    for item in items:
         if type(item) is bytes:
             out.append(item)
             continue
@@ -541,7 +541,7 @@ def render(items: list, lease) -> bytes:
                 # its shape is checked, so the rest waits for the answer (Lease.described).
                 pinned.add(name)
                 out.append(_FLUSH)
-                lease.rest = items[index:]
+                lease.rest = items[next(i for i, x in enumerate(items) if x is item) :]
                 lease.checking = True
                 return b"".join(out)
         pinned.add(name)
