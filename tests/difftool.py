@@ -134,6 +134,12 @@ def X(client: int, *messages: bytes) -> list:
     return [Send(client, data), Read(client, syncs)]
 
 
+def Pipeline(client: int, ready: int, *messages: bytes) -> list:
+    """Client C{client} sends C{messages} (simple and extended alike) in one packet and reads
+    C{ready} answers."""
+    return [Send(client, b"".join(messages)), Read(client, ready)]
+
+
 @attrs.frozen
 class ReadUntil:
     """Read client C{client}'s answers until one of type C{mtype} (a letter) arrives, or a

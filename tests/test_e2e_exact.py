@@ -352,17 +352,17 @@ class ScriptTests(DifferentialMixin, TestCase):
         "tx",
         [
             X(0, d.parse("s1", "select 1"), d.parse("s2", "select 2"), d.SYNC),
-            d.Send(
+            d.Pipeline(
                 0,
-                m.query("select 1")
-                + m.query("deallocate s1")
-                + d.bind("", "s1")
-                + d.execute()
-                + d.SYNC
-                + m.query("deallocate s2")
-                + m.query("deallocate s2"),
+                5,
+                m.query("select 1"),
+                m.query("deallocate s1"),
+                d.bind("", "s1"),
+                d.execute(),
+                d.SYNC,
+                m.query("deallocate s2"),
+                m.query("deallocate s2"),
             ),
-            d.Read(0, 5),
             X(0, d.bind("", "s2"), d.execute(), d.SYNC),
         ],
     )
@@ -371,8 +371,7 @@ class ScriptTests(DifferentialMixin, TestCase):
         [
             X(0, d.parse("s1", "select 1"), d.SYNC),
             Q(0, "begin"),
-            d.Send(0, m.query("select 1/0") + m.query("deallocate s1") + m.query("rollback")),
-            d.Read(0, 3),
+            d.Pipeline(0, 3, m.query("select 1/0"), m.query("deallocate s1"), m.query("rollback")),
             X(0, d.bind("", "s1"), d.execute(), d.SYNC),
         ],
     )
@@ -380,16 +379,9 @@ class ScriptTests(DifferentialMixin, TestCase):
         "tx",
         [
             X(0, d.parse("s1", "select 1"), d.SYNC),
-            d.Send(
-                0,
-                d.bind("", "s1")
-                + d.execute()
-                + m.query("deallocate s1")
-                + d.bind("", "s1")
-                + d.execute()
-                + d.SYNC,
+            d.Pipeline(
+                0, 2, d.bind("", "s1"), d.execute(), m.query("deallocate s1"), d.bind("", "s1"), d.execute(), d.SYNC
             ),
-            d.Read(0, 2),
             X(0, d.parse("s1", "select 2"), d.bind("", "s1"), d.execute(), d.SYNC),
         ],
     )
@@ -397,8 +389,7 @@ class ScriptTests(DifferentialMixin, TestCase):
         "tx",
         [
             X(0, d.parse("s1", "select 1"), d.SYNC),
-            d.Send(0, d.bind("", "nosuch") + d.execute() + m.query("deallocate s1") + d.SYNC),
-            d.Read(0, 1),
+            d.Pipeline(0, 1, d.bind("", "nosuch"), d.execute(), m.query("deallocate s1"), d.SYNC),
             X(0, d.bind("", "s1"), d.execute(), d.SYNC),
         ],
     )

@@ -625,6 +625,19 @@ class PreparedStatementTests(LinkTestMixin, SynchronousTestCase):
         other.dataReceived(parse(b"s1", b"select * from t") + m.SYNC)
         self.assertIsNot(other.statements.named[b"s1"], stale)
 
+    def test_error_ahead_of_a_check_with_a_query_in_the_batch(self):
+        """The same with a Query between the error and the check: PostgreSQL skips the Query
+        too, and the held messages still go on without another check."""
+        self.prepare(self.client, b"s1", b"select 1")
+        self.client.statements.named[b"s1"].shape = b"n"
+        self.client.dataReceived(bind(b"nope") + m.query("select 2") + bind(b"s1") + EXECUTE + m.SYNC)
+        self.assertEqual([t for t, _ in self.sent()], ["B", "C", "Q", "P", "D", "H"])
+        self.answer(m.error_response("26000", 'prepared statement "nope" does not exist'))
+        self.assertEqual([t for t, _ in self.sent()], ["P", "D", "B", "E", "S"])
+        self.answer(m.READY_IDLE)
+        self.assertEqual(self.received(), ["E", "Z"])
+        self.assertEqual(self.server.pool_state, "idle")
+
     def test_error_ahead_of_a_check_ends_it(self):
         """An error earlier in the group makes PostgreSQL skip the check's Describe: the
         held messages go on at once, without another check."""

@@ -221,7 +221,6 @@ class Lease:
         stream = self.stream
         stream.errors += 1
         self.stats.errors += 1
-        self.failed_group = self.answered
         if self.describing is not None:
             self.describing = None
             self.describes -= 1
@@ -233,6 +232,8 @@ class Lease:
             self.skipping = True
         elif self.expect and self._skip_marked():
             self.skipping = True
+        # The group of the Sync PostgreSQL skips to (the skipped Queries counted).
+        self.failed_group = self.answered
         if self.expect:
             self.skipped(self.answered + 1)
 
