@@ -404,6 +404,23 @@ class ScriptTests(DifferentialMixin, TestCase):
             X(0, d.bind("", "s1"), d.execute(), d.SYNC),
         ],
     )
+    script_close_skipped_keeps_the_name = (
+        "tx",
+        [
+            X(0, d.parse("a", "select $1::int"), d.bind("", "a"), d.close_statement("S", "a"), d.SYNC),
+            X(0, d.bind("", "a", ("1",)), d.execute(), d.SYNC),
+        ],
+    )
+    script_close_unnamed_statement = (
+        "tx",
+        [
+            X(0, d.parse("", "select 1"), d.SYNC),
+            X(0, d.close_statement("S", ""), d.bind("", ""), d.execute(), d.SYNC),
+            X(0, d.parse("", "select 2"), d.SYNC),
+            X(0, d.bind("", "nosuch"), d.close_statement("S", ""), d.SYNC),
+            X(0, d.bind("", ""), d.execute(), d.SYNC),
+        ],
+    )
     script_close_unknown = ("tx", X(0, d.close_statement("S", "nosuch"), d.close_statement("P", "nosuch"), d.SYNC))
     script_bind_unknown = ("tx", X(0, d.bind("", "nosuch"), d.execute(), d.SYNC))
     script_sql_prepare_execute = (

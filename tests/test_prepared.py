@@ -89,7 +89,9 @@ class ClientStatementsTests(SynchronousTestCase):
             (BIND, statement, b"p\x00", b"rest"),
         )
         self.assertEqual(self.client.translate(ord("D"), b"Ss1\x00"), (DESCRIBE, statement))
-        self.assertEqual(self.client.translate(ord("C"), b"Ss1\x00"), (CLOSE, m.message(b"C", b"Ss1\x00")))
+        self.assertEqual(
+            self.client.translate(ord("C"), b"Ss1\x00"), (CLOSE, m.message(b"C", b"Ss1\x00"), statement, b"s1")
+        )
         self.assertEqual(self.client.named, {})
 
     def test_unknown_names_pass_through(self):

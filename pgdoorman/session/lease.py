@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from .prepared import (
+    PASS_CLOSE,
     PASS_PARSE,
     PASS_REPARSE,
     SWALLOW_CLOSE,
@@ -277,7 +278,7 @@ class Lease:
         messages after an error (or they were never answered), so undo what they assumed:
         the server holds no statement whose Parse was skipped, still holds one whose
         eviction's Close was skipped, the client has no name whose Parse failed, and keeps
-        one whose SQL DEALLOCATE failed."""
+        one whose Close or SQL DEALLOCATE failed or was skipped."""
         expect = self.expect
         while expect and expect[0][0] < before:
             _, code, statement, name = expect.popleft()
@@ -290,7 +291,7 @@ class Lease:
                     self.view.forget(name, statement)
             elif code == SWALLOW_CLOSE:
                 self.cache.restore(statement)
-            elif code == SWALLOW_PREPARE:
+            elif code == SWALLOW_PREPARE or (code == PASS_CLOSE and statement is not None):
                 if self.view is not None:
                     self.view.undeallocate(name, statement)
             elif code == SWALLOW_DESCRIBE:

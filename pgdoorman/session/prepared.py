@@ -375,8 +375,15 @@ class ClientStatements:
             if body[:1] == b"S":
                 name = body[1 : body.index(0, 1)]
                 if name:
-                    self.named.pop(name, None)
-            return (CLOSE, m.message(b"C", body))
+                    statement = self.named.pop(name, None)
+                else:
+                    statement, self.anonymous = self.anonymous, None
+                if statement is not None:
+                    # An error already on its way may still name it, and if PostgreSQL
+                    # skips this Close the name stays (L{undeallocate}).
+                    self._forgot(statement, name)
+                    return (CLOSE, m.message(b"C", body), statement, name)
+            return (CLOSE, m.message(b"C", body), None, None)
         except ValueError:
             raise PgError(
                 SQLSTATE.PROTOCOL_VIOLATION, f"malformed message of type {chr(mtype)!r}"
@@ -430,9 +437,13 @@ class ClientStatements:
         return (DEALLOCATE, statement, name)
 
     def undeallocate(self, name: bytes, statement: Statement) -> None:
-        """The C{DEALLOCATE name} of L{deallocate_item} failed or was skipped: the client
-        keeps the name (unless a later Parse gave it another statement)."""
-        self.named.setdefault(name, statement)
+        """The C{DEALLOCATE name} of L{deallocate_item}, or the Close of C{name}, failed or
+        was skipped: the client keeps the name (unless a later Parse gave it another
+        statement)."""
+        if name:
+            self.named.setdefault(name, statement)
+        elif self.anonymous is None:
+            self.anonymous = statement
 
     def deallocate(self, name: "bytes | None") -> bool:
         """SQL C{DEALLOCATE name} (C{None}: ALL). True if C{name} was the client's."""
@@ -493,7 +504,7 @@ def render(items: list, lease) -> bytes:
             continue
         if code == CLOSE:
             out.append(item[1])
-            expect.append((group, PASS_CLOSE, None, None))
+            expect.append((group, PASS_CLOSE, item[2], item[3]))
             continue
         if code == MARK:
             out.append(_NOOP_CLOSE)
