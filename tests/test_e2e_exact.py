@@ -421,6 +421,10 @@ class ScriptTests(DifferentialMixin, TestCase):
             X(0, d.bind("", ""), d.execute(), d.SYNC),
         ],
     )
+    script_error_names_a_replaced_unnamed_statement = (
+        "tx",
+        X(0, d.parse("", "select $1::int"), d.bind("", ""), d.parse("", "select 1"), d.SYNC),
+    )
     script_close_unknown = ("tx", X(0, d.close_statement("S", "nosuch"), d.close_statement("P", "nosuch"), d.SYNC))
     script_bind_unknown = ("tx", X(0, d.bind("", "nosuch"), d.execute(), d.SYNC))
     script_sql_prepare_execute = (

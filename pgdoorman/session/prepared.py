@@ -646,6 +646,10 @@ def client_error(body: bytes, view, expect, aborted: bool = False) -> "bytes | N
     names[_NO_STATEMENT] = b""
     if view.anonymous is not None:
         names[view.anonymous.name] = b""
+    # An unnamed statement that a later unnamed Parse, still in flight, replaced.
+    for replaced in view.replaced.values():
+        if replaced is not None:
+            names[replaced.name] = b""
     # One text prepared under several of the client's names is one statement: the error
     # names one of them (the client's named ones before its unnamed one).
     for name, statement in view.named.items():
