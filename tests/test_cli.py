@@ -100,12 +100,13 @@ class CheckConfigTests(TestCase):
             "expected one of 'transaction', 'session', got 'statement'",
         )
 
-    def test_tls_required_is_refused(self):
-        """C{tls_mode = "require"} fails the check while TLS is not built."""
+    def test_tls_files_are_checked(self):
+        """C{tls_mode = "require"} with a certificate file that is not there fails the check,
+        naming the key and the file."""
         self.assertRejected(
             GOOD.replace("port = 6432\n", 'port = 6432\ntls_mode = "require"\ntls_certificate = "c"\ntls_private_key = "k"\n'),
-            "general.tls_mode",
-            "'require' is not supported yet",
+            "general.tls_certificate",
+            "cannot read",
         )
 
     def test_pg_hba_is_refused(self):
@@ -117,11 +118,12 @@ class CheckConfigTests(TestCase):
         )
 
     def test_tls_allow_warns_and_inactive_keys_are_listed(self):
-        """C{tls_mode = "allow"} passes with a warning; keys nothing acts on are listed."""
+        """C{tls_mode = "allow"} without a certificate passes with a warning; keys nothing
+        acts on are listed."""
         path = self.write(GOOD.replace("port = 6432\n", 'port = 6432\ntls_mode = "allow"\nworker_threads = 8\n'))
         result = self.run_pgdoorman("-t", path)
         self.assertEqual(result.returncode, 0, result.stderr)
-        self.assertIn(f"Warning: {path}: general.tls_mode: 'allow' while TLS is not built", result.stderr)
+        self.assertIn(f"Warning: {path}: general.tls_mode: 'allow' without tls_certificate", result.stderr)
         self.assertIn(
             f"Not acted on: {path}: general.worker_threads: accepted and ignored (PgDoorman's Rust runtime)",
             result.stderr,
@@ -182,7 +184,7 @@ class CheckConfigTests(TestCase):
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=30)
         log = "".join(seen)
-        self.assertIn(f"{path}: general.tls_mode: 'allow' while TLS is not built", log)
+        self.assertIn(f"{path}: general.tls_mode: 'allow' without tls_certificate", log)
         self.assertIn(f"{path}: general.worker_threads: accepted and ignored (PgDoorman's Rust runtime)", log)
 
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,6 +24,8 @@ from pgdoorman.config import (
     parse,
     parse_file,
 )
+
+from .certs import Authority
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -1098,6 +1101,63 @@ class ManholeTests(SynchronousTestCase):
         self.assertEqual(config.manhole.authorized_keys, os.path.join(directory, "authorized_keys"))
 
 
+class ClientTLSFileTests(SynchronousTestCase):
+    """The client TLS files are read when the config is loaded: each problem names its key
+    and file."""
+
+    def setUp(self) -> None:
+        self.directory = os.path.abspath(self.mktemp())
+        self.ca = Authority(self.directory, "ca")
+        self.cert, self.key = self.ca.issue("localhost", ("localhost",))
+
+    def load(self, cert: str, key: str, mode: str = "require"):
+        """Load a config in the test's directory naming C{cert} and C{key}."""
+        path = os.path.join(self.directory, "test.toml")
+        general = f'tls_mode = "{mode}"\ntls_certificate = "{cert}"\ntls_private_key = "{key}"'
+        with open(path, "w") as f:
+            f.write(config_text(general=general))
+        return load(path)
+
+    def assertProblem(self, key: str, problem: str, cert: str, key_file: str) -> None:
+        """Loading fails on C{key} with a message that contains C{problem}."""
+        with self.assertRaises(ConfigError) as caught:
+            self.load(cert, key_file)
+        self.assertIn(f"general.{key}: ", str(caught.exception))
+        self.assertIn(problem, str(caught.exception))
+
+    def test_good_files_relative_to_the_config(self) -> None:
+        """Paths are taken relative to the config file's directory."""
+        config = self.load(os.path.basename(self.cert), os.path.basename(self.key))
+        self.assertEqual((config.general.tls_certificate, config.general.tls_private_key), (self.cert, self.key))
+
+    def test_problems(self) -> None:
+        """A missing file, a file that is not PEM, an encrypted key and the key of another
+        certificate are each refused."""
+        _, other_key = self.ca.issue("other")
+        self.assertProblem("tls_certificate", "No such file or directory", "nosuch.crt", self.key)
+        self.assertProblem("tls_certificate", "not a PEM certificate", self.key, self.key)
+        self.assertProblem("tls_private_key", "not a PEM private key", self.cert, self.cert)
+        self.assertProblem("tls_private_key", "is not the key of tls_certificate", self.cert, other_key)
+        encrypted = os.path.join(self.directory, "encrypted.key")
+        with open(self.key, "rb") as f:
+            private = serialization.load_pem_private_key(f.read(), password=None)
+        with open(encrypted, "wb") as f:
+            f.write(
+                private.private_bytes(
+                    serialization.Encoding.PEM,
+                    serialization.PrivateFormat.PKCS8,
+                    serialization.BestAvailableEncryption(b"secret"),
+                )
+            )
+        self.assertProblem("tls_private_key", "the private key is encrypted", self.cert, encrypted)
+
+    def test_verify_full_needs_a_ca(self) -> None:
+        """C{tls_mode = "verify-full"} without tls_ca_cert is refused."""
+        with self.assertRaises(ConfigError) as caught:
+            self.load(self.cert, self.key, "verify-full")
+        self.assertIn("general.tls_ca_cert: required when tls_mode is 'verify-full'", str(caught.exception))
+
+
 class NotBuiltTests(SynchronousTestCase):
     """Keys of features that are not built yet: listed as such, or refused when running
     without them would be weaker than the file promises."""
@@ -1110,22 +1170,12 @@ class NotBuiltTests(SynchronousTestCase):
             loads(text, "test.toml")
         self.assertEqual(str(caught.exception), message)
 
-    def test_tls_required(self) -> None:
-        """C{tls_mode} require or verify-full is an error: every SSLRequest is answered N."""
-        cert = 'tls_certificate = "c"\ntls_private_key = "k"\ntls_ca_cert = "ca"\n'
-        for mode in ("require", "verify-full"):
-            self.assertRefused(
-                f"test.toml: general.tls_mode: {mode!r} is not supported yet: pgdoorman answers"
-                " every SSLRequest N (TLS is not built); use 'disable' or 'allow'",
-                general=cert + f'tls_mode = "{mode}"',
-            )
-
     def test_tls_allow_warns(self) -> None:
-        """C{tls_mode = "allow"} loads, with a warning; left out, or disable, it does not warn."""
+        """C{tls_mode = "allow"} without a certificate loads, with a warning that every
+        SSLRequest is answered N; left out, or disable, it does not warn."""
         config = load_text(general='tls_mode = "allow"')
         self.assertIn(
-            "test.toml: general.tls_mode: 'allow' while TLS is not built: every SSLRequest is"
-            " answered N and clients go on unencrypted",
+            "test.toml: general.tls_mode: 'allow' without tls_certificate: every SSLRequest is answered N",
             config.warnings,
         )
         self.assertEqual(load_text().warnings, ())

@@ -289,6 +289,27 @@ class SessionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertDiscarded()
 
 
+class LoginTimeoutTests(LinkTestMixin, SynchronousTestCase):
+    """C{client_login_timeout}: a client that has not logged in by then is closed."""
+
+    general = 'client_login_timeout = "5s"'
+
+    def test_silent_client_is_closed(self):
+        """A client that sends nothing gets PostgreSQL's 57014 "canceling authentication
+        due to timeout" after the timeout; one that logged in keeps its connection."""
+        client = self.factory.buildProtocol(None)
+        client.makeConnection(StringTransport())
+        client.dataReceived(m.startup_message({"user": "u", "database": "db"}))
+        self.clock.advance(4)
+        self.assertFalse(client.transport.disconnecting)
+        self.clock.advance(1)
+        [kind, body] = _messages(client.transport.value())[-1]
+        self.assertEqual((kind, m.parse_error_fields(body)["C"]), ("E", "57014"))
+        self.assertTrue(client.transport.disconnecting)
+        self.clock.advance(10)
+        self.assertFalse(self.client.transport.disconnecting)
+
+
 class SplitTerminateTests(LinkTestMixin, SynchronousTestCase):
     """A Terminate split across chunks never reaches the server, whose stream stays clean."""
 

@@ -24,6 +24,7 @@ from pgdoorman.session.client_login import (
     LoggedIn,
     Refused,
     Started,
+    StartTLS,
 )
 
 SALT = b"salt"
@@ -56,8 +57,8 @@ def _messages(items: list) -> list:
 class Conversation:
     """Drive a L{ClientLogin}, feeding each client message whole or byte by byte."""
 
-    def __init__(self, how: str) -> None:
-        self.login = ClientLogin(accounts, salt=lambda: SALT)
+    def __init__(self, how: str, tls: str = "none") -> None:
+        self.login = ClientLogin(accounts, salt=lambda: SALT, tls=tls, peer="10.1.2.3")
         self.how = how
 
     def send(self, data: bytes) -> list:
@@ -132,6 +133,40 @@ class LoginTests(SynchronousTestCase):
             self.assertEqual(out[1:], [m.auth_md5(SALT)])
 
         self.each(test)
+
+    def test_tls_offered(self):
+        """With TLS offered, an SSLRequest is answered S and TLS starts; inside it the login
+        goes on (a CancelRequest too), a GSSENCRequest is still answered N, and an SSLRequest
+        again is a protocol violation."""
+        for how in ("whole", "bytes"):
+            c = Conversation(how, tls="offer")
+            self.assertEqual(c.send(struct.pack("!ii", 8, 80877104)), [b"N"])
+            self.assertEqual(c.send(m.ssl_request()), [b"S", StartTLS()])
+            self.assertTrue(c.login.encrypted)
+            out = c.send(m.startup_message({"user": "md5user", "database": "db"}))
+            self.assertEqual(out[1:], [m.auth_md5(SALT)])
+            c = Conversation(how, tls="offer")
+            c.send(m.ssl_request())
+            self.assertEqual(c.send(m.cancel_request(7, 99)), [Cancel(7, 99)])
+            c = Conversation(how, tls="offer")
+            c.send(m.ssl_request())
+            [refused] = c.send(m.ssl_request())
+            self.assertEqual(refused.error.sqlstate, "08P01")
+        c = Conversation("whole", tls="offer")
+        self.assertEqual(c.send(m.startup_message({"user": "md5user", "database": "db"}))[1:], [m.auth_md5(SALT)])
+
+    def test_tls_required(self):
+        """With TLS required, a StartupMessage in plain text is refused with PostgreSQL's
+        28000 for a hostssl-only match, before any account is looked up."""
+        c = Conversation("whole", tls="require")
+        [refused] = c.send(m.startup_message({"user": "md5user", "database": "db"}))
+        self.assertEqual(
+            (refused.error.sqlstate, refused.error.message),
+            ("28000", 'no pg_hba.conf entry for host "10.1.2.3", user "md5user", database "db", no encryption'),
+        )
+        c = Conversation("whole", tls="require")
+        c.send(m.ssl_request())
+        self.assertEqual(c.send(m.startup_message({"user": "md5user", "database": "db"}))[1:], [m.auth_md5(SALT)])
 
     def test_cancel(self):
         """A CancelRequest ends the login with the key to cancel."""

@@ -478,7 +478,7 @@ _CLIENTS = Table(
     Column("user", TEXT, lambda r: r[0].user),
     Column("application_name", TEXT, lambda r: dict(r[0].wanted).get("application_name", "")),
     Column("addr", TEXT, lambda r: _address(r[0].peer)),
-    Column("tls", INT8, lambda r: False),
+    Column("tls", INT8, lambda r: int(r[0].tls)),
     Column("state", TEXT, lambda r: r[0].state),
     Column("wait", INT8, lambda r: int(r[1] - r[0].since) if r[0].state == "waiting" else 0),
     Column("transaction_count", INT8, lambda r: r[0].stream.xacts),
@@ -574,8 +574,8 @@ _LISTS = Table(Column("list", TEXT, _at(0)), Column("items", INT8, _at(1)))
 _USERS = Table(Column("name", TEXT, lambda u: u.username), Column("pool_mode", TEXT, lambda u: u.pool_mode))
 _CONNECTIONS = Table(
     Column("total", INT8, lambda c: c["total"]),
-    Column("errors", INT8, lambda c: c["total"] - c["plain"] - c["cancel"]),
-    Column("tls", INT8, lambda c: 0),
+    Column("errors", INT8, lambda c: c["total"] - c["tls"] - c["plain"] - c["cancel"]),
+    Column("tls", INT8, lambda c: c["tls"]),
     Column("plain", INT8, lambda c: c["plain"]),
     Column("cancel", INT8, lambda c: c["cancel"]),
 )

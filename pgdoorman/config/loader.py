@@ -41,13 +41,14 @@ from .schema import (
     _str,
     not_acted_on,
 )
+from .tlsfiles import tls_file_problem, tls_key_matches
 
 try:
     import tomllib
 except ImportError:  # pragma: no cover - Python < 3.11
     import tomli as tomllib
 
-__all__ = ["check_built", "demo_config", "load", "loads", "parse", "parse_file"]
+__all__ = ["check_built", "check_files", "demo_config", "load", "loads", "parse", "parse_file"]
 
 _DEPRECATED = {"client_prepared_statements_cache_size": "client_anonymous_prepared_cache_size"}
 _SECTIONS = ("general", "pools", "web", "prometheus", "talos", "manhole", "include")
@@ -246,14 +247,21 @@ class _Loader:
             )
         if general.tls_mode == "verify-full" and general.tls_ca_cert is None:
             self.fail("general.tls_ca_cert", "required when tls_mode is 'verify-full'")
-        if "tls_mode" in table and general.tls_mode == "allow":
+        if general.tls_mode != "disable" and general.tls_certificate is None and "tls_mode" in table:
             self.warn(
                 "general.tls_mode",
-                "'allow' while TLS is not built: every SSLRequest is answered N and clients go on"
-                " unencrypted",
+                f"{general.tls_mode!r} without tls_certificate: every SSLRequest is answered N",
             )
+        general = self.client_tls_files(general)
         self.server_tls(general, "general")
         return general
+
+    def client_tls_files(self, general: General) -> General:
+        """Make the client TLS paths relative to the config file (what the files hold is
+        checked by L{check_files})."""
+        here = os.path.dirname(self.path)
+        paths = {n: os.path.join(here, getattr(general, n)) for n in _CLIENT_TLS_FILES if getattr(general, n)}
+        return evolve(general, **paths) if paths else general
 
     def manhole(self, table: dict[str, Any]) -> ManholeConfig:
         """Build L{ManholeConfig}: paths made relative to the config file, loopback checked."""
@@ -403,28 +411,55 @@ def parse_file(path: str) -> Config:
     return parse(text, path)
 
 
-#: tls_mode and server_tls_mode values that promise encryption pgdoorman does not provide yet.
-_SECURITY_TLS = ("require", "verify-full")
+def check_files(config: Config) -> Config:
+    """Read the TLS files the config names and check what they hold: a certificate, its
+    private key (unencrypted), CA certificates. Returns C{config}.
+
+    @raise ConfigError: naming the key and the file of the first problem.
+    """
+    general = config.general
+    loaded = {}
+    for name in _CLIENT_TLS_FILES:
+        full = getattr(general, name)
+        if full is None:
+            continue
+        key = _join("general", name)
+        try:
+            with open(full, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            raise ConfigError(config.path, key, f"cannot read {full!r}: {e.strerror or e}") from None
+        problem = tls_file_problem(name, data)
+        if problem is not None:
+            raise ConfigError(config.path, key, f"{full!r}: {problem}")
+        loaded[name] = data
+    cert, key_pem = loaded.get("tls_certificate"), loaded.get("tls_private_key")
+    if cert is not None and not tls_key_matches(cert, key_pem):
+        raise ConfigError(
+            config.path,
+            "general.tls_private_key",
+            f"{general.tls_private_key!r} is not the key of tls_certificate",
+        )
+    return config
+
+
+#: The client TLS keys that name files.
+_CLIENT_TLS_FILES = ("tls_certificate", "tls_private_key", "tls_ca_cert")
+
+#: server_tls_mode values that promise encryption pgdoorman does not provide yet.
 _SECURITY_SERVER_TLS = ("require", "verify-ca", "verify-full")
 
 
 def check_built(config: Config) -> Config:
     """
-    Refuse settings that promise security pgdoorman does not provide yet (client TLS that
-    is required, server TLS that is required, pg_hba or hba rules, PAM), since running
-    without it would be silently weaker than the file says. Returns C{config}.
+    Refuse settings that promise security pgdoorman does not provide yet (server TLS that
+    is required, pg_hba or hba rules, PAM), since running without it would be silently
+    weaker than the file says. Returns C{config}.
 
     @raise ConfigError: naming the first such key.
     """
     path = config.path
     general = config.general
-    if general.tls_mode in _SECURITY_TLS:
-        raise ConfigError(
-            path,
-            "general.tls_mode",
-            f"{general.tls_mode!r} is not supported yet: pgdoorman answers every SSLRequest N"
-            " (TLS is not built); use 'disable' or 'allow'",
-        )
     for key, value in (("pg_hba", general.pg_hba), ("hba", general.hba)):
         if value:
             raise ConfigError(
@@ -455,17 +490,17 @@ def check_built(config: Config) -> Config:
 
 def loads(text: str, path: str = "<string>") -> Config:
     """
-    Load a configuration from TOML text: L{parse}, then L{check_built}.
+    Load a configuration from TOML text: L{parse}, then L{check_built} and L{check_files}.
 
-    @raise ConfigError: on any syntax error, invalid value, or setting that promises
-        security pgdoorman does not provide yet.
+    @raise ConfigError: on any syntax error, invalid value, setting that promises
+        security pgdoorman does not provide yet, or unusable TLS file.
     """
-    return check_built(parse(text, path))
+    return check_files(check_built(parse(text, path)))
 
 
 def load(path: str) -> Config:
     """Load the configuration file at C{path}; see L{loads}."""
-    return check_built(parse_file(path))
+    return check_files(check_built(parse_file(path)))
 
 
 def _toml(value: str | int) -> str:

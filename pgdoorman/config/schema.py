@@ -374,11 +374,16 @@ class General:
     query_interner_anon_idle_ttl_seconds: int = _key(_int(), 60, ignored="query texts are reference-counted")
     admin_username: str = _key(_str)
     admin_password: str = _key(_secret, secret=True)
-    tls_certificate: str | None = _key(_str, None, later="TLS")
-    tls_private_key: str | None = _key(_str, None, later="TLS")
-    tls_ca_cert: str | None = _key(_str, None, later="TLS")
-    tls_mode: str = _key(_one_of("disable", "allow", "require", "verify-full"), "allow", later="TLS")
-    tls_rate_limit_per_second: int = _key(_int(), 0, later="TLS")
+    #: Client TLS files (PEM), made relative to the config file's directory and checked
+    #: at load time.
+    tls_certificate: str | None = _key(_str, None)
+    tls_private_key: str | None = _key(_str, None)
+    tls_ca_cert: str | None = _key(_str, None)
+    tls_mode: str = _key(_one_of("disable", "allow", "require", "verify-full"), "allow")
+    tls_rate_limit_per_second: int = _key(_int(), 0, later="a TLS handshake rate limit")
+    #: PgBouncer's key: a client that has not logged in (TLS handshake included) by then is
+    #: closed.
+    client_login_timeout: int = _key(_duration, 60_000)
     server_tls_mode: str = _key(_server_tls_mode, "allow", later="TLS")
     server_tls_ca_cert: str | None = _key(_str, None, later="TLS")
     server_tls_certificate: str | None = _key(_str, None, later="TLS")

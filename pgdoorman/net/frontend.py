@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import secrets
 
+from twisted.internet.address import UNIXAddress
 from twisted.internet.protocol import Factory, Protocol
 
 from ..admin.session import AdminSession
@@ -27,7 +28,7 @@ from ..session.client_input import (
     deallocate_name,
     prepare_only_answer,
 )
-from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started
+from ..session.client_login import Cancel, ClientLogin, LoggedIn, Started, StartTLS
 from ..session.lease import ClientStream, Lease
 from ..session.parameters import wanted_from_startup, with_change
 from ..session.prepared import REQUESTS, ClientStatements, planner_key, render
@@ -35,6 +36,7 @@ from ..session.state import ClientState
 from .backend import PeerProducer
 from .fastwrite import eager_writer
 from .sockopts import apply_socket_options
+from .tls import ClientTLS
 
 __all__ = ["ClientConnection", "ClientFactory"]
 
@@ -86,7 +88,11 @@ class ClientConnection(PeerProducer, Protocol):
         self.connected_at = self.clock.seconds()
         self.since = self.connected_at
         self._admin: "AdminSession | None" = None
-        self._login = ClientLogin(factory.registry.account)
+        self._login: "ClientLogin | None" = None
+        #: The client's connection is encrypted (SHOW CLIENTS C{tls}).
+        self.tls = False
+        self._handshaken = False
+        self._login_timer = None
         self._greeting = b""
         self._framer = None
         self._waiting = False
@@ -136,9 +142,31 @@ class ClientConnection(PeerProducer, Protocol):
         self.peer = self.transport.getPeer()
         self.write = eager_writer(self.transport)
         self.transport.registerProducer(self, True)
-        apply_socket_options(self.transport, self.factory.registry.config.general)
+        general = self.factory.registry.config.general
+        apply_socket_options(self.transport, general)
+        local = isinstance(self.peer, UNIXAddress)
+        self._login = ClientLogin(
+            self.factory.registry.account,
+            tls=self.factory.tls.policy(general, local),
+            peer="[local]" if local else getattr(self.peer, "host", ""),
+        )
         if not self.factory.admit(self):
             self.fatal(SQLSTATE.TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+            return
+        if general.client_login_timeout:
+            self._login_timer = self.clock.callLater(general.client_login_timeout / 1000, self._login_expired)
+
+    def _login_expired(self) -> None:
+        """C{client_login_timeout}: the client has not logged in yet (PostgreSQL's
+        authentication_timeout)."""
+        self._login_timer = None
+        self.log.warn("client from {peer}: login timed out", peer=self.peer)
+        if self.tls and not self._handshaken:
+            # The handshake never finished: nothing can be said inside it.
+            self.phase = CLOSED
+            self.transport.abortConnection()
+            return
+        self.fatal(SQLSTATE.QUERY_CANCELED, "canceling authentication due to timeout")
 
     def dataReceived(self, data: bytes) -> None:
         """Forward to the linked server (the hot path), or run the current login phase."""
@@ -183,8 +211,17 @@ class ClientConnection(PeerProducer, Protocol):
     def _violation(self, error: PgError) -> None:
         self.log.warn("client {client!r} from {peer}: {why}", client=self, peer=self.peer, why=error.message)
 
+    def _stop_login_timer(self) -> None:
+        if self._login_timer is not None:
+            self._login_timer.cancel()
+            self._login_timer = None
+
     def connectionLost(self, reason=None) -> None:
         """Give the server back (or drop it if mid-request) and forget this client."""
+        self._stop_login_timer()
+        if self.tls and not self._handshaken and reason is not None and self.phase != CLOSED:
+            why = reason.getErrorMessage()
+            self.log.warn("client from {peer}: TLS handshake failed: {why}", peer=self.peer, why=why)
         phase, self.phase = self.phase, CLOSED
         if self._waiting:
             self._waiting = False
@@ -229,6 +266,9 @@ class ClientConnection(PeerProducer, Protocol):
     # -- startup and authentication
 
     def _login_phase(self, data: bytes) -> None:
+        if self.tls:
+            # Bytes inside TLS: the handshake is done.
+            self._handshaken = True
         out = []
         for item in self._login.receive(data):
             if type(item) is bytes:
@@ -238,14 +278,18 @@ class ClientConnection(PeerProducer, Protocol):
                 continue
             if isinstance(item, LoggedIn):
                 self._login = None
+                self._stop_login_timer()
                 self._greeting = b"".join(out)
                 self._authenticated(item)
                 return
             if out:
                 self.write(b"".join(out))
                 out = []
-            if isinstance(item, Started):
-                self.factory.counts["plain"] += 1
+            if isinstance(item, StartTLS):
+                self.tls = True
+                self.transport.startTLS(self.factory.tls.options(self.factory.registry.config.general))
+            elif isinstance(item, Started):
+                self.factory.counts["tls" if self.tls else "plain"] += 1
                 self.user = item.params["user"]
                 self.database = item.params["database"]
             elif isinstance(item, Cancel):
@@ -618,8 +662,9 @@ class ClientFactory(Factory):
     @param registry: the L{pgdoorman.pool.registry.PoolRegistry}.
     @param canceller: called with a server connection whose running query to cancel.
     @ivar console: the L{pgdoorman.admin.console.AdminConsole} serving the admin database.
-    @ivar counts: connections accepted (C{total}), that sent a StartupMessage (C{plain}) or
-        a CancelRequest (C{cancel}), for SHOW CONNECTIONS.
+    @ivar counts: connections accepted (C{total}), that sent a StartupMessage in plain text
+        (C{plain}) or inside TLS (C{tls}), or a CancelRequest (C{cancel}), for SHOW
+        CONNECTIONS.
     """
 
     log = logger()
@@ -629,8 +674,10 @@ class ClientFactory(Factory):
         self.canceller = canceller
         self.clients: set = set()
         self.by_key: dict = {}
-        self.counts = {"total": 0, "plain": 0, "cancel": 0}
+        self.counts = {"total": 0, "plain": 0, "tls": 0, "cancel": 0}
         self.console = None
+        #: The TLS offered to clients (L{ClientTLS}).
+        self.tls = ClientTLS()
         self._next_id = 0
 
     @property

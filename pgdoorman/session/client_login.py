@@ -3,9 +3,11 @@
 
 L{ClientLogin.receive} takes the bytes a client sent and returns, in order, the bytes to send
 it and what happened: L{Started} (a StartupMessage arrived), L{Cancel} (it was a
-CancelRequest), L{LoggedIn} (authentication succeeded; the caller takes over) or L{Refused}
-(send the error and close). Encryption requests are refused with C{N}; the password is
-checked with MD5 or SCRAM-SHA-256, whichever the account's secret allows.
+CancelRequest), L{LoggedIn} (authentication succeeded; the caller takes over), L{StartTLS}
+(C{S} was answered to an SSLRequest: the caller starts the TLS handshake, then feeds the
+decrypted bytes) or L{Refused} (send the error and close). An SSLRequest is answered C{S}
+when the caller offers TLS, else C{N}, as is every GSSENCRequest; the password is checked
+with MD5 or SCRAM-SHA-256, whichever the account's secret allows.
 
 Memory before login stays small whatever the client sends: the startup packet is at most
 PostgreSQL's 10 000 bytes and an authentication message at most its 65 535.
@@ -33,6 +35,7 @@ __all__ = [
     "ClientLogin",
     "LoggedIn",
     "Refused",
+    "StartTLS",
     "Started",
 ]
 
@@ -85,6 +88,11 @@ class LoggedIn:
 
 
 @attrs.frozen
+class StartTLS:
+    """C{S} is among the bytes to send: start the TLS handshake right after them."""
+
+
+@attrs.frozen
 class Refused:
     """Send C{error} (FATAL) and close."""
 
@@ -97,11 +105,24 @@ class ClientLogin:
     @param accounts: C{accounts(database, user)} returns the L{Account} to check, C{None}
         for no such user, or raises L{PgError} (for instance for no such database).
     @param salt: returns the 4 random bytes of an MD5 challenge.
+    @param tls: C{"none"} (answer SSLRequest C{N}), C{"offer"} (answer it C{S}) or
+        C{"require"} (answer it C{S}, and refuse a StartupMessage sent in plain text).
+    @param peer: the client's address, as PostgreSQL names it in its errors.
+    @ivar encrypted: the login goes on inside TLS.
     """
 
-    def __init__(self, accounts: Callable, salt: Callable[[], bytes] = lambda: os.urandom(4)) -> None:
+    def __init__(
+        self,
+        accounts: Callable,
+        salt: Callable[[], bytes] = lambda: os.urandom(4),
+        tls: str = "none",
+        peer: str = "",
+    ) -> None:
         self._accounts = accounts
         self._salt_source = salt
+        self._tls = tls
+        self._peer = peer
+        self.encrypted = False
         self._state = _STARTUP
         self._startup = StartupReader()
         self._framer = Framer(ALL_TYPES, MAX_AUTH_MESSAGE)
@@ -145,6 +166,13 @@ class ClientLogin:
                 if reader.pending:
                     # Bytes pipelined behind an SSLRequest could be injected by a MITM.
                     raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "unexpected data after encryption request")
+                if isinstance(event, SSLRequest) and self._tls != "none":
+                    if self.encrypted:
+                        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "SSLRequest inside TLS")
+                    self.encrypted = True
+                    out.append(b"S")
+                    out.append(StartTLS())
+                    return
                 out.append(b"N")
             elif isinstance(event, CancelRequest):
                 self._state = _DONE
@@ -157,6 +185,13 @@ class ClientLogin:
 
     def _started(self, event: StartupMessage, out: list) -> None:
         params = self._params = event.params
+        if self._tls == "require" and not self.encrypted:
+            # PostgreSQL's words when only hostssl lines would match.
+            raise PgError(
+                SQLSTATE.INVALID_AUTHORIZATION,
+                f'no pg_hba.conf entry for host "{self._peer}", user "{params["user"]}",'
+                f' database "{params["database"]}", no encryption',
+            )
         out.append(Started(params))
         if event.minor:
             out.append(m.negotiate_protocol_version(0, [k for k in params if k.startswith("_pq_.")]))

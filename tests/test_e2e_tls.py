@@ -1,0 +1,270 @@
+"""End-to-end: clients reach pgdoorman over TLS (psql, psycopg 3, asyncpg, raw sockets), against
+a real PostgreSQL 15. The certificate authorities are made by the test."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import asyncpg
+import psycopg
+from twisted.trial.unittest import TestCase
+
+from pgdoorman.protocol import messages as m
+
+from .certs import Authority
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
+from .rawclient import RawClient
+from .test_admin import psql
+
+PASSWORD = "pw-tls"
+TEST_BOUND = 120
+
+USERS = f"""
+[[pools.app.users]]
+username = "tls"
+password = "{PASSWORD}"
+pool_size = 2
+server_username = "tls"
+server_password = "{PASSWORD}"
+"""
+
+
+def read_to_eof(sock: socket.socket) -> None:
+    """Read until the pooler closes C{sock} (a TLS alert may come first, a reset instead)."""
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+
+
+def tls_request(sock: socket.socket) -> bytes:
+    """Send an SSLRequest on C{sock}; return the pooler's one-byte answer."""
+    sock.sendall(m.ssl_request())
+    return sock.recv(1)
+
+
+class ClientTLSTests(ClusterMixin, TestCase):
+    """The client hop encrypted, as libpq, psycopg and asyncpg use it."""
+
+    hba_method = "scram-sha-256"
+
+    def setUp(self):
+        super().setUp()
+        cls = type(self)
+        if "initialised" not in cls.__dict__:
+            self.cluster.create_user("tls", PASSWORD)
+            cls.initialised = True
+        certs = os.path.abspath(self.mktemp())
+        self.ca = Authority(certs, "ca")
+        self.other_ca = Authority(certs, "other")
+        self.server_cert, self.server_key = self.ca.issue("localhost", ("localhost", "127.0.0.1"))
+
+    def start(self, mode: str, pool_mode: str = "session", extra: str = "") -> PgdoormanProcess:
+        """A pooler with client TLS in C{mode}, C{tls} pooled in C{pool_mode}."""
+        general = (
+            f'query_wait_timeout = "20s"\ntls_mode = "{mode}"\n'
+            f'tls_certificate = "{self.server_cert}"\ntls_private_key = "{self.server_key}"\n'
+            f'tls_ca_cert = "{self.ca.path}"\n{extra}'
+        )
+        config = pool_config(self.cluster, USERS, pool_mode=pool_mode, general=general)
+        pooler = PgdoormanProcess(config, self.mktemp())
+        pooler.start()
+        self.addCleanup(pooler.stop)
+        bound(self, TEST_BOUND, pooler)
+        return pooler
+
+    def connect(self, pooler, **kwargs) -> psycopg.Connection:
+        """A psycopg connection to the pooler, closed at cleanup."""
+        conn = psycopg.connect(
+            host=kwargs.pop("host", "127.0.0.1"),
+            port=pooler.port,
+            dbname="app",
+            user="tls",
+            password=PASSWORD,
+            connect_timeout=10,
+            autocommit=True,
+            **kwargs,
+        )
+        self.addCleanup(conn.close)
+        return conn
+
+    def backends(self) -> int:
+        """PostgreSQL sessions of role C{tls}."""
+        return int(self.cluster.sql("select count(*) from pg_stat_activity where usename = 'tls'"))
+
+    def test_libpq_sslmodes(self):
+        """With tls_mode allow: psycopg with sslmode require, psql with verify-full against
+        the test's CA, and a plaintext client all get in; SHOW CLIENTS and SHOW CONNECTIONS
+        tell the TLS clients."""
+        pooler = self.start("allow", pool_mode="transaction")
+        conn = self.connect(pooler, sslmode="require")
+        self.assertTrue(conn.pgconn.ssl_in_use)
+        self.assertEqual(conn.execute("select 40 + 2").fetchone(), (42,))
+        plain = self.connect(pooler, sslmode="disable")
+        self.assertFalse(plain.pgconn.ssl_in_use)
+        self.assertEqual(plain.execute("select 1").fetchone(), (1,))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        env["PGPASSWORD"] = PASSWORD
+        result = subprocess.run(
+            [
+                "psql",
+                "-X",
+                "-At",
+                f"host=localhost port={pooler.port} dbname=app user=tls sslmode=verify-full"
+                f" sslrootcert={self.ca.path} connect_timeout=10",
+                "-c",
+                "select 'over tls'",
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=30,
+        )
+        self.assertEqual((result.returncode, result.stdout.strip()), (0, "over tls"), result.stderr)
+        clients = psql(pooler.port, "show clients").stdout.splitlines()
+        header = clients[0].split("|")
+        tls = sorted(row.split("|")[header.index("tls")] for row in clients[1:-1] if "|tls|" in row)
+        self.assertEqual(tls, ["0", "1"])
+        connections = psql(pooler.port, "show connections").stdout.splitlines()
+        row = dict(zip(connections[0].split("|"), connections[1].split("|"), strict=True))
+        # psycopg's, psql's and the console's own; plus the plain client, and the readiness
+        # probe of the test's start (a connection that sent nothing: an error).
+        self.assertEqual((row["tls"], row["plain"], row["errors"]), ("4", "1", "1"))
+
+    def test_require_refuses_plaintext(self):
+        """tls_mode require: a plaintext client gets PostgreSQL's 28000 for a hostssl-only
+        match, and no backend is opened; over TLS it gets in."""
+        pooler = self.start("require")
+        with self.assertRaises(psycopg.OperationalError) as caught:
+            self.connect(pooler, sslmode="disable")
+        self.assertIn('no pg_hba.conf entry for host "127.0.0.1", user "tls", database "app", no encryption', str(caught.exception))
+        self.assertEqual(self.backends(), 0)
+        conn = self.connect(pooler, sslmode="require")
+        self.assertEqual(conn.execute("select 1").fetchone(), (1,))
+
+    def test_verify_full_checks_client_certificates(self):
+        """tls_mode verify-full: a client certificate from tls_ca_cert's CA gets in; one from
+        another CA, or none, fails the handshake."""
+        pooler = self.start("verify-full")
+        cert, key = self.ca.issue("tls")
+        conn = self.connect(pooler, sslmode="verify-full", host="localhost", sslrootcert=self.ca.path, sslcert=cert, sslkey=key)
+        self.assertEqual(conn.execute("select 1").fetchone(), (1,))
+        other_cert, other_key = self.other_ca.issue("tls")
+        for extra in ({"sslcert": other_cert, "sslkey": other_key}, {"sslcert": "/nonexistent"}):
+            with self.assertRaises(psycopg.OperationalError):
+                self.connect(pooler, sslmode="require", **extra)
+        self.assertEqual(conn.execute("select 2").fetchone(), (2,))
+
+    def test_asyncpg_and_a_large_result(self):
+        """asyncpg over TLS (transaction mode) runs 1 000 transactions; a 50 MB result over
+        TLS arrives intact, and the pooler's memory does not grow with it."""
+        pooler = self.start("require", pool_mode="transaction")
+        context = ssl.create_default_context(cafile=self.ca.path)
+
+        async def transactions() -> int:
+            conn = await asyncpg.connect(
+                host="localhost", port=pooler.port, user="tls", password=PASSWORD, database="app", ssl=context
+            )
+            try:
+                for i in range(1000):
+                    async with conn.transaction():
+                        assert await conn.fetchval("select $1::int + 1", i) == i + 1
+                return 1000
+            finally:
+                await conn.close()
+
+        self.assertEqual(asyncio.run(asyncio.wait_for(transactions(), 90)), 1000)
+        conn = self.connect(pooler, sslmode="require")
+        before = pooler.rss_kib()
+        total = 0
+        cursor = conn.cursor(name="big")
+        with conn.transaction():
+            cursor.execute("select i, repeat(chr(65 + i % 26), 1 << 20) from generate_series(0, 49) as i")
+            for i, text in cursor:
+                self.assertEqual(text, chr(65 + i % 26) * (1 << 20))
+                total += len(text)
+        self.assertEqual(total, 50 << 20)
+        self.assertLess(pooler.rss_kib() - before, 32 * 1024)
+
+    def test_cancel_plain_and_inside_tls(self):
+        """A CancelRequest works sent in plain TCP (libpq) and inside TLS (Npgsql)."""
+        pooler = self.start("allow")
+        conn = self.connect(pooler, sslmode="require")
+        timer = threading.Timer(0.5, conn.cancel)
+        timer.start()
+        with self.assertRaises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(20)")
+        timer.join()
+        raw = RawClient(pooler.port, timeout=30)
+        self.addCleanup(raw.close)
+        self.assertEqual(tls_request(raw.sock), b"S")
+        raw.sock = ssl.create_default_context(cafile=self.ca.path).wrap_socket(raw.sock, server_hostname="localhost")
+        self.assertTrue(raw.login("tls", "app", PASSWORD).ok)
+        pid, key = raw.backend_key
+        raw.send(m.query("select pg_sleep(20)"))
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", pooler.port), timeout=10) as cancel:
+            self.assertEqual(tls_request(cancel), b"S")
+            wrapped = ssl.create_default_context(cafile=self.ca.path).wrap_socket(cancel, server_hostname="localhost")
+            wrapped.sendall(m.cancel_request(pid, key))
+            self.assertEqual(wrapped.recv(1), b"")
+        errors = [m.parse_error_fields(body)["C"] for t, body in raw.read_until_ready() if t == "E"]
+        self.assertEqual(errors, ["57014"])
+
+    def test_bytes_pipelined_after_sslrequest(self):
+        """Bytes sent behind an SSLRequest, before the answer, are a protocol violation
+        (they could have been injected in front of the handshake)."""
+        pooler = self.start("allow")
+        client = RawClient(pooler.port)
+        self.addCleanup(client.close)
+        client.send(m.ssl_request() + m.startup_message({"user": "tls", "database": "app"}))
+        [(kind, body)] = client.read_until_closed()
+        self.assertEqual((kind, m.parse_error_fields(body)["C"]), ("E", "08P01"))
+
+    def test_broken_and_stalled_handshakes(self):
+        """A handshake of garbage is refused, one that stops half-way is closed at
+        client_login_timeout; a TLS client works throughout."""
+        pooler = self.start("allow", extra='client_login_timeout = "1s"')
+        conn = self.connect(pooler, sslmode="require")
+        with socket.create_connection(("127.0.0.1", pooler.port), timeout=10) as sock:
+            self.assertEqual(tls_request(sock), b"S")
+            sock.sendall(b"\x16\x03\x01" + os.urandom(2000))
+            read_to_eof(sock)
+        with socket.create_connection(("127.0.0.1", pooler.port), timeout=10) as sock:
+            self.assertEqual(tls_request(sock), b"S")
+            sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
+            started = time.monotonic()
+            read_to_eof(sock)
+            self.assertLess(time.monotonic() - started, 8)
+        self.assertEqual(conn.execute("select 1").fetchone(), (1,))
+
+    def test_500_handshakes_at_once(self):
+        """500 TLS handshakes at once all complete and get their authentication request; a
+        TLS client already in keeps working."""
+        pooler = self.start("allow")
+        conn = self.connect(pooler, sslmode="require")
+        context = ssl.create_default_context(cafile=self.ca.path)
+
+        async def handshake() -> bytes:
+            reader, writer = await asyncio.open_connection("127.0.0.1", pooler.port)
+            try:
+                writer.write(m.ssl_request())
+                assert await reader.readexactly(1) == b"S"
+                await writer.start_tls(context, server_hostname="localhost")
+                writer.write(m.startup_message({"user": "tls", "database": "app"}))
+                return await reader.readexactly(1)
+            finally:
+                writer.close()
+
+        async def many() -> list:
+            return await asyncio.gather(*(handshake() for _ in range(500)))
+
+        self.assertEqual(asyncio.run(asyncio.wait_for(many(), 90)), [b"R"] * 500)
+        self.assertEqual(conn.execute("select 2").fetchone(), (2,))
