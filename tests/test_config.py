@@ -624,10 +624,12 @@ class ErrorTests(SynchronousTestCase):
             config_text(general='server_tls_mode = "verify-full"'),
             "test.toml: general.server_tls_ca_cert: required when server_tls_mode is 'verify-full'",
         )
-        pool = load_text(
+        # Parsed only: the files are read at load time (ClientTLSFileTests).
+        text = config_text(
             general='server_tls_certificate = "c"\nserver_tls_private_key = "k"',
             pool='server_tls_certificate = "c2"',
-        ).pools["db"]
+        )
+        pool = parse(text, "test.toml").pools["db"]
         self.assertEqual((pool.server_tls_certificate, pool.server_tls_private_key), ("c2", "k"))
 
     def test_tlsRateLimit(self) -> None:
@@ -1151,6 +1153,27 @@ class ClientTLSFileTests(SynchronousTestCase):
             )
         self.assertProblem("tls_private_key", "the private key is encrypted", self.cert, encrypted)
 
+    def test_server_files(self) -> None:
+        """The server side's files are checked the same way, in [general] and in a pool
+        (relative to the config file): a pool's CA file that is missing is named with the
+        pool's key."""
+        path = os.path.join(self.directory, "server.toml")
+        with open(path, "w") as f:
+            f.write(
+                config_text(
+                    general=f'server_tls_mode = "verify-full"\nserver_tls_ca_cert = "{os.path.basename(self.ca.path)}"',
+                    pool='server_tls_mode = "verify-ca"\nserver_tls_ca_cert = "nosuch.crt"',
+                )
+            )
+        with self.assertRaises(ConfigError) as caught:
+            load(path)
+        self.assertIn("pools.db.server_tls_ca_cert: cannot read", str(caught.exception))
+        with open(path, "w") as f:
+            f.write(config_text(general=f'server_tls_mode = "verify-full"\nserver_tls_ca_cert = "{self.ca.path}"'))
+        config = load(path)
+        self.assertEqual(config.pools["db"].server_tls_ca_cert, self.ca.path)
+        self.assertEqual(config.pools["db"].server_tls_mode, "verify-full")
+
     def test_verify_full_needs_a_ca(self) -> None:
         """C{tls_mode = "verify-full"} without tls_ca_cert is refused."""
         with self.assertRaises(ConfigError) as caught:
@@ -1186,19 +1209,6 @@ class NotBuiltTests(SynchronousTestCase):
         why = "client access rules are not enforced yet; remove the key (every address may log in with a configured password)"
         self.assertRefused(f"test.toml: general.pg_hba: {why}", general='pg_hba = "host all all 0.0.0.0/0 md5"')
         self.assertRefused(f"test.toml: general.hba: {why}", general='hba = ["10.0.0.0/8"]')
-
-    def test_server_tls_required(self) -> None:
-        """A server_tls_mode that requires TLS is an error, in [general] or a pool."""
-        self.assertRefused(
-            "test.toml: pools.db.server_tls_mode: 'require' is not supported yet: server connections"
-            " are not encrypted (TLS is not built); use 'disable', 'allow' or 'prefer'",
-            pool='server_tls_mode = "require"',
-        )
-        self.assertRefused(
-            "test.toml: general.server_tls_mode: 'verify-full' is not supported yet: server connections"
-            " are not encrypted (TLS is not built); use 'disable', 'allow' or 'prefer'",
-            general='server_tls_mode = "verify-full"\nserver_tls_ca_cert = "ca"',
-        )
 
     def test_pam(self) -> None:
         """A user's C{auth_pam_service} is an error."""

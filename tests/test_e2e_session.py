@@ -273,6 +273,10 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         pooler.start()
         self.addCleanup(pooler.stop)
         path = os.path.join(sockdir, f".s.PGSQL.{pooler.port}")
+        # The TCP listener that start() waits for may come up just before the unix one.
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.assertEqual(stat.S_IMODE(os.stat(path).st_mode), 0o660)
         result = subprocess.run(
             [

@@ -268,3 +268,157 @@ class ClientTLSTests(ClusterMixin, TestCase):
 
         self.assertEqual(asyncio.run(asyncio.wait_for(many(), 90)), [b"R"] * 500)
         self.assertEqual(conn.execute("select 2").fetchone(), (2,))
+
+
+#: Pools of the server-TLS pooler: (pool name, server_tls_mode, server_host).
+SERVER_POOLS = (
+    ("req", "require", "127.0.0.1"),
+    ("full", "verify-full", "localhost"),
+    ("vca", "verify-ca", "127.0.0.1"),
+    ("mismatch", "verify-full", "127.0.0.1"),
+    ("plain", "disable", "127.0.0.1"),
+    ("allow", "allow", "127.0.0.1"),
+    ("prefer", "prefer", "127.0.0.1"),
+)
+
+
+class ServerTLSTests(ClusterMixin, TestCase):
+    """The server hop encrypted: a role PostgreSQL admits only over hostssl, reached through
+    pools of each server_tls_mode."""
+
+    hba_method = "scram-sha-256"
+
+    def setUp(self):
+        super().setUp()
+        cls = type(self)
+        if "initialised" not in cls.__dict__:
+            certs = os.path.abspath(self.mktemp())
+            cls.ca = Authority(certs, "pg")
+            # Named for localhost only: 127.0.0.1 does not match it.
+            cert, key = cls.ca.issue("localhost", ("localhost",))
+            cls.pooler_cert, cls.pooler_key = cls.ca.issue("pooler")
+            self.cluster.create_user("tlsonly", PASSWORD)
+            self.cluster.create_user("certonly", PASSWORD)
+            self.cluster.enable_ssl(cert, key, ca=cls.ca.path)
+            self.cluster.set_hba(
+                "scram-sha-256",
+                lines=(
+                    "hostssl all tlsonly 127.0.0.1/32 scram-sha-256",
+                    "hostnossl all tlsonly 127.0.0.1/32 reject",
+                    "hostssl all certonly 127.0.0.1/32 scram-sha-256 clientcert=verify-ca",
+                    "host all certonly 127.0.0.1/32 reject",
+                ),
+            )
+            cls.initialised = True
+        pools = "".join(
+            f"""
+[pools.{name}]
+server_host = "{host}"
+server_port = {self.cluster.port}
+server_database = "postgres"
+pool_mode = "transaction"
+server_tls_mode = "{mode}"
+server_tls_ca_cert = "{self.ca.path}"
+
+[[pools.{name}.users]]
+username = "tlsonly"
+password = "{PASSWORD}"
+pool_size = 2
+server_username = "tlsonly"
+server_password = "{PASSWORD}"
+"""
+            for name, mode, host in SERVER_POOLS
+        )
+        for name, own in (("cert", True), ("nocert", False)):
+            files = f'server_tls_certificate = "{self.pooler_cert}"\nserver_tls_private_key = "{self.pooler_key}"\n'
+            pools += f"""
+[pools.{name}]
+server_host = "127.0.0.1"
+server_port = {self.cluster.port}
+server_database = "postgres"
+pool_mode = "transaction"
+server_tls_mode = "require"
+{files if own else ""}
+[[pools.{name}.users]]
+username = "certonly"
+password = "{PASSWORD}"
+pool_size = 1
+server_username = "certonly"
+server_password = "{PASSWORD}"
+"""
+        self.pooler = PgdoormanProcess(
+            f"""
+[general]
+host = "127.0.0.1"
+port = {{port}}
+admin_username = "admin"
+admin_password = "admin-secret"
+query_wait_timeout = "20s"
+{pools}""",
+            self.mktemp(),
+        )
+        self.pooler.start()
+        self.addCleanup(self.pooler.stop)
+        bound(self, TEST_BOUND, self.pooler)
+
+    def connect(self, pool: str, user: str = "tlsonly") -> psycopg.Connection:
+        """A plain psycopg connection to C{pool} through the pooler, closed at cleanup."""
+        conn = psycopg.connect(
+            host="127.0.0.1",
+            port=self.pooler.port,
+            dbname=pool,
+            user=user,
+            password=PASSWORD,
+            connect_timeout=10,
+            autocommit=True,
+            sslmode="disable",
+        )
+        self.addCleanup(conn.close)
+        return conn
+
+    def test_encrypting_modes(self):
+        """require, verify-full (host name matching), verify-ca, allow (after PostgreSQL's
+        refusal of plain text) and prefer reach the hostssl-only role: pg_stat_ssl shows
+        TLS for their backends, SHOW SERVERS too."""
+        for pool in ("req", "full", "vca", "allow", "prefer"):
+            conn = self.connect(pool)
+            row = conn.execute("select ssl, version from pg_stat_ssl where pid = pg_backend_pid()").fetchone()
+            self.assertTrue(row[0], pool)
+            self.assertIn(row[1], ("TLSv1.2", "TLSv1.3"))
+        servers = psql(self.pooler.port, "show servers").stdout.splitlines()
+        header = servers[0].split("|")
+        self.assertEqual({row.split("|")[header.index("tls")] for row in servers[1:-1]}, {"1"})
+
+    def test_refusals_are_clean(self):
+        """verify-full against a certificate that does not name 127.0.0.1, and disable
+        against a hostssl-only role, give the client a clear FATAL and the log one line
+        with the reason; other pools keep working."""
+        with self.assertRaises(psycopg.OperationalError) as caught:
+            self.connect("mismatch").execute("select 1")
+        self.assertIn("TLS with the server failed", str(caught.exception))
+        with self.assertRaises(psycopg.OperationalError) as caught:
+            self.connect("plain").execute("select 1")
+        self.assertIn("no encryption", str(caught.exception))
+        self.assertIn("TLS with the server failed", self.pooler.log())
+        self.assertEqual(self.connect("req").execute("select 1").fetchone(), (1,))
+
+    def test_pooler_certificate(self):
+        """A role PostgreSQL admits only with a client certificate its CA signed: the pool
+        with server_tls_certificate gets in, the one without is refused."""
+        conn = self.connect("cert", "certonly")
+        self.assertEqual(
+            conn.execute("select client_dn from pg_stat_ssl where pid = pg_backend_pid()").fetchone(), ("/CN=pooler",)
+        )
+        with self.assertRaises(psycopg.OperationalError):
+            self.connect("nocert", "certonly").execute("select 1")
+
+    def test_cancel_goes_over_tls(self):
+        """A cancel for a query on a TLS server is sent inside TLS, as PgDoorman does, and
+        PostgreSQL acts on it."""
+        conn = self.connect("req")
+        timer = threading.Timer(0.5, conn.cancel)
+        timer.start()
+        with self.assertRaises(psycopg.errors.QueryCanceled):
+            conn.execute("select pg_sleep(20)")
+        timer.join()
+        self.assertEqual(conn.execute("select 1").fetchone(), (1,))

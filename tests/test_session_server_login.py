@@ -166,3 +166,35 @@ class RefusalTests(SynchronousTestCase):
             error = self.refused(creds, request)
             self.assertEqual(error.sqlstate, "28P01")
             self.assertIn(words, error.message)
+
+
+class TLSNegotiationTests(SynchronousTestCase):
+    """The SSLRequest first, when TLS is wanted, and PostgreSQL's one-byte answer."""
+
+    def login(self, tls: str) -> ServerLogin:
+        """A login with the TLS policy C{tls}."""
+        return ServerLogin(ServerCredentials("u", password="pw"), {"user": "u", "database": "db"}, tls)
+
+    def test_plain(self):
+        """Without TLS the StartupMessage goes first."""
+        login = self.login("none")
+        self.assertEqual(login.start(), m.startup_message({"user": "u", "database": "db"}))
+        self.assertFalse(login.awaiting_tls)
+
+    def test_answers(self):
+        """S starts TLS; N goes on in plain text for prefer and fails for require; bytes
+        after the answer, an error, or another byte are refused."""
+        login = self.login("require")
+        self.assertEqual(login.start(), m.ssl_request())
+        self.assertTrue(login.tls_answer(b"S"))
+        self.assertFalse(login.awaiting_tls)
+        self.assertFalse(self.login("prefer").tls_answer(b"N"))
+        for tls, answer, sqlstate in (
+            ("require", b"N", "08006"),
+            ("prefer", b"S" + m.auth_ok(), "08P01"),
+            ("prefer", b"E", "08006"),
+            ("prefer", b"X", "08P01"),
+        ):
+            with self.assertRaises(PgError) as caught:
+                self.login(tls).tls_answer(answer)
+            self.assertEqual(caught.exception.sqlstate, sqlstate, (tls, answer))

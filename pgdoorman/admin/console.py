@@ -492,7 +492,7 @@ _SERVERS = Table(
     Column("database_name", TEXT, lambda r: r[1].name[0]),
     Column("user", TEXT, lambda r: r[1].name[1]),
     Column("application_name", TEXT, lambda r: r[0].params.get("application_name", "")),
-    Column("tls", INT8, lambda r: False),
+    Column("tls", INT8, lambda r: int(r[0].tls)),
     Column("state", TEXT, lambda r: r[0].pool_state),
     Column("wait", INT8, lambda r: int(r[2] - r[0].last_used) if r[0].pool_state == "idle" else 0),
     Column("transaction_count", INT8, lambda r: r[0].counts.xacts),

@@ -16,6 +16,7 @@ from ..loglevel import get_log_level, logger, set_log_level
 from ..net.backend import connect_server
 from ..net.cancel import cancel_query
 from ..net.frontend import ClientFactory
+from ..net.tls import ServerTLS
 from ..pool.registry import PoolRegistry
 from .manhole import make_manhole_service
 
@@ -26,7 +27,10 @@ STATS_PERIOD = 15.0
 
 
 def _connector(reactor, registry_config):
+    server_tls = ServerTLS()
+
     def connect(pool_config, user_config, credentials):
+        config = registry_config()
         startup = dict(pool_config.startup_parameters)
         startup.update(user=credentials.user, database=pool_config.server_database)
         # Without a pool's own name, servers log in with none, so that a client's RESET
@@ -40,7 +44,8 @@ def _connector(reactor, registry_config):
             timeout=pool_config.connect_timeout / 1000.0,
             credentials=credentials,
             startup=startup,
-            socket_options=registry_config().general,
+            socket_options=config.general,
+            tls=server_tls.plan(pool_config, pool_config.server_host, config),
         )
 
     return connect

@@ -257,10 +257,11 @@ class _Loader:
         return general
 
     def client_tls_files(self, general: General) -> General:
-        """Make the client TLS paths relative to the config file (what the files hold is
-        checked by L{check_files})."""
+        """Make the TLS paths of C{[general]} relative to the config file (what the files
+        hold is checked by L{check_files})."""
+        names = _CLIENT_TLS_FILES + _SERVER_TLS_FILES
         here = os.path.dirname(self.path)
-        paths = {n: os.path.join(here, getattr(general, n)) for n in _CLIENT_TLS_FILES if getattr(general, n)}
+        paths = {n: os.path.join(here, getattr(general, n)) for n in names if getattr(general, n)}
         return evolve(general, **paths) if paths else general
 
     def manhole(self, table: dict[str, Any]) -> ManholeConfig:
@@ -314,6 +315,9 @@ class _Loader:
         """Build one L{PoolConfig} with inherited values resolved."""
         key = _join("pools", name)
         values = self.section(PoolConfig, table, key)
+        for file_key in _SERVER_TLS_FILES:
+            if values.get(file_key):
+                values[file_key] = os.path.join(os.path.dirname(self.path), values[file_key])
         for inherited in _INHERITED:
             if inherited not in values and getattr(general, inherited) is not None:
                 values[inherited] = getattr(general, inherited)
@@ -412,49 +416,55 @@ def parse_file(path: str) -> Config:
 
 
 def check_files(config: Config) -> Config:
-    """Read the TLS files the config names and check what they hold: a certificate, its
-    private key (unencrypted), CA certificates. Returns C{config}.
+    """Read the TLS files the config names and check what they hold: certificates, their
+    private keys (unencrypted, each the key of its certificate), CA certificates. Returns
+    C{config}.
 
     @raise ConfigError: naming the key and the file of the first problem.
     """
-    general = config.general
-    loaded = {}
-    for name in _CLIENT_TLS_FILES:
-        full = getattr(general, name)
-        if full is None:
-            continue
-        key = _join("general", name)
-        try:
-            with open(full, "rb") as f:
-                data = f.read()
-        except OSError as e:
-            raise ConfigError(config.path, key, f"cannot read {full!r}: {e.strerror or e}") from None
-        problem = tls_file_problem(name, data)
-        if problem is not None:
-            raise ConfigError(config.path, key, f"{full!r}: {problem}")
-        loaded[name] = data
-    cert, key_pem = loaded.get("tls_certificate"), loaded.get("tls_private_key")
-    if cert is not None and not tls_key_matches(cert, key_pem):
-        raise ConfigError(
-            config.path,
-            "general.tls_private_key",
-            f"{general.tls_private_key!r} is not the key of tls_certificate",
-        )
+    places = [("general", config.general, _CLIENT_TLS_FILES + _SERVER_TLS_FILES)]
+    places += [(_join("pools", name), pool, _SERVER_TLS_FILES) for name, pool in config.pools.items()]
+    checked: set = set()
+    for where, obj, names in places:
+        loaded = {}
+        for name in names:
+            full = getattr(obj, name)
+            if full is None:
+                continue
+            key = _join(where, name)
+            try:
+                with open(full, "rb") as f:
+                    data = f.read()
+            except OSError as e:
+                raise ConfigError(config.path, key, f"cannot read {full!r}: {e.strerror or e}") from None
+            seen = (name.endswith("private_key"), full)
+            if seen not in checked:
+                problem = tls_file_problem(name, data)
+                if problem is not None:
+                    raise ConfigError(config.path, key, f"{full!r}: {problem}")
+                checked.add(seen)
+            loaded[name] = data
+        for cert_key in ("tls_certificate", "server_tls_certificate"):
+            key_key = cert_key.replace("certificate", "private_key")
+            cert, private = loaded.get(cert_key), loaded.get(key_key)
+            if cert is not None and private is not None and not tls_key_matches(cert, private):
+                raise ConfigError(
+                    config.path,
+                    _join(where, key_key),
+                    f"{getattr(obj, key_key)!r} is not the key of {cert_key}",
+                )
     return config
 
 
-#: The client TLS keys that name files.
+#: The keys that name TLS files: the client side's, and the server side's (per pool too).
 _CLIENT_TLS_FILES = ("tls_certificate", "tls_private_key", "tls_ca_cert")
-
-#: server_tls_mode values that promise encryption pgdoorman does not provide yet.
-_SECURITY_SERVER_TLS = ("require", "verify-ca", "verify-full")
-
+_SERVER_TLS_FILES = ("server_tls_certificate", "server_tls_private_key", "server_tls_ca_cert")
 
 def check_built(config: Config) -> Config:
     """
-    Refuse settings that promise security pgdoorman does not provide yet (server TLS that
-    is required, pg_hba or hba rules, PAM), since running without it would be silently
-    weaker than the file says. Returns C{config}.
+    Refuse settings that promise security pgdoorman does not provide yet (pg_hba or hba
+    rules, PAM), since running without it would be silently weaker than the file says.
+    Returns C{config}.
 
     @raise ConfigError: naming the first such key.
     """
@@ -467,15 +477,6 @@ def check_built(config: Config) -> Config:
                 f"general.{key}",
                 "client access rules are not enforced yet; remove the key (every address may"
                 " log in with a configured password)",
-            )
-    places = [("general", general)] + [(_join("pools", name), pool) for name, pool in config.pools.items()]
-    for key, obj in places:
-        if obj.server_tls_mode in _SECURITY_SERVER_TLS:
-            raise ConfigError(
-                path,
-                _join(key, "server_tls_mode"),
-                f"{obj.server_tls_mode!r} is not supported yet: server connections are not"
-                " encrypted (TLS is not built); use 'disable', 'allow' or 'prefer'",
             )
     for name, pool in config.pools.items():
         for index, user in enumerate(pool.users):

@@ -384,10 +384,10 @@ class General:
     #: PgBouncer's key: a client that has not logged in (TLS handshake included) by then is
     #: closed.
     client_login_timeout: int = _key(_duration, 60_000)
-    server_tls_mode: str = _key(_server_tls_mode, "allow", later="TLS")
-    server_tls_ca_cert: str | None = _key(_str, None, later="TLS")
-    server_tls_certificate: str | None = _key(_str, None, later="TLS")
-    server_tls_private_key: str | None = _key(_str, None, later="TLS")
+    server_tls_mode: str = _key(_server_tls_mode, "allow")
+    server_tls_ca_cert: str | None = _key(_str, None)
+    server_tls_certificate: str | None = _key(_str, None)
+    server_tls_private_key: str | None = _key(_str, None)
     hba: tuple[str, ...] = _key(_list_of(_cidr), (), later="pg_hba")
     #: The pg_hba rules text; C{{path = ...}} is read at load time.
     pg_hba: str | None = _key(None, None, later="pg_hba")
@@ -491,10 +491,10 @@ class PoolConfig:
         Factory(lambda self: self.fallback_cooldown, takes_self=True),
         later="Patroni fallback",
     )
-    server_tls_mode: str = _key(_server_tls_mode, "allow", later="TLS")
-    server_tls_ca_cert: str | None = _key(_str, None, later="TLS")
-    server_tls_certificate: str | None = _key(_str, None, later="TLS")
-    server_tls_private_key: str | None = _key(_str, None, later="TLS")
+    server_tls_mode: str = _key(_server_tls_mode, "allow")
+    server_tls_ca_cert: str | None = _key(_str, None)
+    server_tls_certificate: str | None = _key(_str, None)
+    server_tls_private_key: str | None = _key(_str, None)
     #: General's parameters overridden per key by the pool's.
     startup_parameters: Mapping[str, str] = _key(_startup_parameters, MappingProxyType({}))
     auth_query: AuthQueryConfig | None = field(default=None, metadata={"parse": None})

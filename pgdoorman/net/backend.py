@@ -139,7 +139,16 @@ class ServerConnection(PeerProducer, Protocol):
     _ids = itertools.count(1)
     peer_attribute = "client"
 
-    def __init__(self, *, credentials: ServerCredentials, startup: dict, clock, socket_options=None) -> None:
+    def __init__(
+        self,
+        *,
+        credentials: ServerCredentials,
+        startup: dict,
+        clock,
+        socket_options=None,
+        tls: str = "none",
+        tls_options=None,
+    ) -> None:
         self.id = next(self._ids)
         self.clock = clock
         self.ready: Deferred = Deferred(canceller=self._cancel_login)
@@ -174,7 +183,11 @@ class ServerConnection(PeerProducer, Protocol):
         self._framer = Framer(ALL_TYPES, oversize=_OVERSIZE)
         #: The start of a message held back from a mapped client until it is whole.
         self._carry = b""
-        self._login = ServerLogin(credentials, startup)
+        self._login = ServerLogin(credentials, startup, tls)
+        #: The options TLS to this server starts with (its cancels use them too), and
+        #: whether it did (SHOW SERVERS C{tls}).
+        self.tls_options = tls_options
+        self.tls = False
         self._logged_in = False
         self._internal: "Deferred | None" = None
         self._internal_error: "PgError | None" = None
@@ -240,9 +253,11 @@ class ServerConnection(PeerProducer, Protocol):
         self.usable = False
         if not self._logged_in:
             if not self.ready.called:
-                self.ready.errback(
-                    PgError(SQLSTATE.CONNECTION_FAILURE, "server closed the connection during login")
-                )
+                why = "server closed the connection during login"
+                if self.tls and reason is not None:
+                    # A failed handshake or certificate check: say which.
+                    why = f"TLS with the server failed: {reason.getErrorMessage()}"
+                self.ready.errback(PgError(SQLSTATE.CONNECTION_FAILURE, why))
             return
         if self._internal is not None:
             d, self._internal = self._internal, None
@@ -612,6 +627,18 @@ class ServerConnection(PeerProducer, Protocol):
             self._parameter(body)
 
     def _login_data(self, data: bytes) -> None:
+        login = self._login
+        if login.awaiting_tls:
+            try:
+                start = login.tls_answer(data)
+            except PgError as e:
+                self._fail(e)
+                return
+            if start:
+                self.tls = True
+                self.transport.startTLS(self.tls_options)
+            self.write(login.startup_message())
+            return
         try:
             send, rest = self._login.receive(data)
         except PgError as e:
@@ -690,13 +717,23 @@ def connect_server(
     credentials: ServerCredentials,
     startup: dict,
     socket_options=None,
+    tls: tuple = ("none", None, False),
 ) -> Deferred:
     """Open and log in a L{ServerConnection}; fires with it, or fails with L{PgError}.
 
     @param socket_options: the C{General} config whose TCP options the socket gets.
+    @param tls: C{(login, options, retry)} from L{pgdoorman.net.tls.ServerTLS.plan}: with
+        C{retry}, a plain-text login PostgreSQL refuses for want of encryption (its 28000
+        "... no encryption") is tried once more over TLS (libpq's C{allow}).
     """
+    login, options, retry = tls
     proto = ServerConnection(
-        credentials=credentials, startup=startup, clock=reactor, socket_options=socket_options
+        credentials=credentials,
+        startup=startup,
+        clock=reactor,
+        socket_options=socket_options,
+        tls=login,
+        tls_options=options,
     )
     proto.address = (host, port, timeout)
     proto.connector = connect_to(reactor, host, port, timeout, OneServer(proto))
@@ -704,6 +741,28 @@ def connect_server(
     if timeout > 0:
         d.addTimeout(timeout, reactor)
     d.addErrback(_as_server_error, host, port)
+    if retry:
+
+        def again(failure):
+            error = failure.value
+            if (
+                failure.check(PgError)
+                and error.sqlstate == SQLSTATE.INVALID_AUTHORIZATION
+                and error.message.endswith("no encryption")
+            ):
+                return connect_server(
+                    reactor,
+                    host=host,
+                    port=port,
+                    timeout=timeout,
+                    credentials=credentials,
+                    startup=startup,
+                    socket_options=socket_options,
+                    tls=("require", options, False),
+                )
+            return failure
+
+        d.addErrback(again)
     return d
 
 

@@ -28,10 +28,11 @@ class _CancelSender(Protocol):
     @param done: called once, when the cancel was processed, failed or timed out.
     """
 
-    def __init__(self, reactor, pid: int, key: int, done) -> None:
+    def __init__(self, reactor, pid: int, key: int, done, tls_options=None) -> None:
         self.pid = pid
         self.key = key
         self.done = done
+        self.tls_options = tls_options
         self._timer = reactor.callLater(CANCEL_TIMEOUT, self._expired)
 
     def connect_failed(self, reason) -> None:
@@ -39,8 +40,24 @@ class _CancelSender(Protocol):
         self._finish()
 
     def connectionMade(self) -> None:
-        """Send the request; PostgreSQL closes the connection when it has acted on it."""
-        self.transport.write(m.cancel_request(self.pid, self.key))
+        """Send the request (inside TLS when the server's own connection uses it, as
+        PgDoorman does); PostgreSQL closes the connection when it has acted on it."""
+        if self.tls_options is not None:
+            self.transport.write(m.ssl_request())
+        else:
+            self.transport.write(m.cancel_request(self.pid, self.key))
+
+    def dataReceived(self, data: bytes) -> None:
+        """PostgreSQL's answer to the SSLRequest: C{S} starts TLS for the cancel; anything
+        else drops it (the key is not sent in plain text to a server that refused TLS)."""
+        if self.tls_options is None:
+            return
+        options, self.tls_options = self.tls_options, None
+        if data == b"S":
+            self.transport.startTLS(options)
+            self.transport.write(m.cancel_request(self.pid, self.key))
+        else:
+            self.transport.loseConnection()
 
     def connectionLost(self, reason=None) -> None:
         """PostgreSQL processed the request (or the connection failed)."""
@@ -66,5 +83,6 @@ def cancel_query(reactor, server) -> None:
     the server is being canceled until PostgreSQL has acted on it."""
     host, port, timeout = server.address
     server.cancel_started()
-    sender = _CancelSender(reactor, server.backend_pid, server.backend_key, server.cancel_done)
+    options = server.tls_options if server.tls else None
+    sender = _CancelSender(reactor, server.backend_pid, server.backend_key, server.cancel_done, options)
     connect_to(reactor, host, port, timeout, OneServer(sender))

@@ -427,6 +427,9 @@ class Pool:
 
     def _connect_failed(self, failure) -> None:
         self.connecting -= 1
+        why = getattr(failure.value, "message", None) or failure.getErrorMessage()
+        db, user = self.name
+        self.log.warn("pool {db}/{user}: cannot open a server connection: {why}", db=db, user=user, why=why)
         # Fail the oldest waiter fast with the real reason instead of letting it time out.
         if self.waiters:
             waiter = self.waiters.popleft()

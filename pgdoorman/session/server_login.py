@@ -1,8 +1,9 @@
 # -*- test-case-name: tests.test_session_server_login -*-
-"""The pooler's login to PostgreSQL as one state machine: the StartupMessage, PostgreSQL's
-authentication requests answered from the pool user's credentials (trust, cleartext, MD5,
-SCRAM-SHA-256, or passthrough of the md5 hash or of the SCRAM ClientKey a client revealed),
-then ParameterStatus and BackendKeyData up to the first ReadyForQuery.
+"""The pooler's login to PostgreSQL as one state machine: an SSLRequest first when TLS is
+wanted, the StartupMessage, PostgreSQL's authentication requests answered from the pool
+user's credentials (trust, cleartext, MD5, SCRAM-SHA-256, or passthrough of the md5 hash or
+of the SCRAM ClientKey a client revealed), then ParameterStatus and BackendKeyData up to the
+first ReadyForQuery.
 """
 
 from __future__ import annotations
@@ -33,11 +34,16 @@ class ServerLogin:
     @ivar params: the ParameterStatus values reported so far.
     @ivar backend_pid: from BackendKeyData (with C{backend_key}), for CancelRequest.
     @ivar tx_status: the transaction status of the first ReadyForQuery.
+    @param tls: C{"none"} (plain text), C{"prefer"} (ask for TLS, go on in plain text if
+        refused) or C{"require"} (ask for TLS, fail if refused).
+    @ivar awaiting_tls: the SSLRequest is sent and its one-byte answer not read yet.
     """
 
-    def __init__(self, credentials, startup: dict) -> None:
+    def __init__(self, credentials, startup: dict, tls: str = "none") -> None:
         self.credentials = credentials
         self.startup = startup
+        self.tls = tls
+        self.awaiting_tls = tls != "none"
         self.params: dict = {}
         self.backend_pid = 0
         self.backend_key = 0
@@ -46,8 +52,34 @@ class ServerLogin:
         self._scram: "ScramClient | None" = None
 
     def start(self) -> bytes:
-        """The StartupMessage to send first."""
+        """What to send first: the SSLRequest, or the StartupMessage."""
+        return m.ssl_request() if self.awaiting_tls else self.startup_message()
+
+    def startup_message(self) -> bytes:
+        """The StartupMessage (after the TLS handshake, when TLS was agreed)."""
         return m.startup_message(self.startup)
+
+    def tls_answer(self, data: bytes) -> bool:
+        """Read PostgreSQL's answer to the SSLRequest (C{data}, the first bytes it sent):
+        True to start the TLS handshake, False to go on in plain text (then send
+        L{startup_message}).
+
+        @raise PgError: TLS is required and refused, or bytes followed the answer (they
+            could have been injected ahead of the handshake), or an error came instead.
+        """
+        self.awaiting_tls = False
+        answer = data[:1]
+        if answer == b"E":
+            raise PgError(SQLSTATE.CONNECTION_FAILURE, "server refused the SSLRequest with an error")
+        if len(data) > 1:
+            raise PgError(SQLSTATE.PROTOCOL_VIOLATION, "server sent data after its answer to SSLRequest")
+        if answer == b"S":
+            return True
+        if answer == b"N" and self.tls == "prefer":
+            return False
+        if answer == b"N":
+            raise PgError(SQLSTATE.CONNECTION_FAILURE, "server does not support SSL, but SSL was required")
+        raise PgError(SQLSTATE.PROTOCOL_VIOLATION, f"unexpected answer {answer!r} to SSLRequest")
 
     def receive(self, data: bytes) -> tuple:
         """Feed bytes from PostgreSQL.

@@ -317,10 +317,12 @@ class PostgresCluster:
         databases: str = "all",
         local_trust: bool = True,
         per_user: "dict[str, str] | None" = None,
+        lines: tuple = (),
     ) -> None:
         """Rewrite pg_hba.conf so TCP logins on 127.0.0.1/::1 use C{method}, then reload.
 
-        C{per_user} maps role names to methods that take precedence for those roles.
+        C{per_user} maps role names to methods that take precedence for those roles;
+        C{lines} (raw pg_hba.conf lines, such as C{hostssl} rules) come before all of them.
 
         With C{local_trust} the unix socket stays C{trust} for everyone, so L{sql}
         keeps working whatever C{method} is; without it the socket uses C{method}
@@ -332,7 +334,8 @@ class PostgresCluster:
         local = "local all all trust" if local_trust else f"local {databases} {users} {method}"
         rules = [(quote_ident(user), how) for user, how in (per_user or {}).items()]
         rules.append((users, method))
-        hba = f"# Written by pgdoorman.testing.cluster.PostgresCluster.set_hba.\n{local}\n" + "".join(
+        hba = f"# Written by pgdoorman.testing.cluster.PostgresCluster.set_hba.\n{local}\n"
+        hba += "".join(line + "\n" for line in lines) + "".join(
             f"host {databases} {user} {address} {how}\n"
             for user, how in rules
             for address in ("127.0.0.1/32", "::1/128")
@@ -353,6 +356,27 @@ class PostgresCluster:
                 raise ClusterError(f"invalid pg_hba.conf:\n{errors}\n---\n{hba}")
         self._local_trust = local_trust
         if running:
+            self._reload()
+
+    def enable_ssl(self, certificate: str, key: str, ca: "str | None" = None) -> None:
+        """Serve TLS with the PEM C{certificate} and C{key} (copied into the data
+        directory), checking client certificates against C{ca} where pg_hba.conf asks
+        (C{clientcert}), then reload."""
+        files = [(certificate, "server.crt"), (key, "server.key")]
+        if ca is not None:
+            files.append((ca, "root.crt"))
+            self.settings["ssl_ca_file"] = "root.crt"
+        for source, name in files:
+            target = os.path.join(self.datadir, name)
+            with open(source, "rb") as f:
+                data = f.read()
+            with open(target, "wb") as f:
+                f.write(data)
+            os.chmod(target, 0o600)
+            self._give_to_server(target)
+        self.settings.update(ssl="on", ssl_cert_file="server.crt", ssl_key_file="server.key")
+        self._write_settings()
+        if self._running():
             self._reload()
 
     def _reload(self) -> None:
