@@ -26,6 +26,11 @@ do_start() {
     mkdir -p "$PGD_DIR"
     local secret; secret=$("$HERE/pgcluster.sh" scram-secret)
     [ -n "$secret" ] || { echo "could not read SCRAM secret (is the cluster up?)" >&2; exit 1; }
+    # BENCH_TLS_CERT/BENCH_TLS_KEY (bench/tlscert.sh): clients must use TLS.
+    local tls=""
+    if [ -n "${BENCH_TLS_CERT:-}" ]; then
+        tls=$(printf 'tls_mode = "require"\ntls_certificate = "%s"\ntls_private_key = "%s"' "$BENCH_TLS_CERT" "$BENCH_TLS_KEY")
+    fi
     cat >"$PGD_DIR/pg_doorman.toml" <<EOF2
 [general]
 host = "127.0.0.1"
@@ -35,6 +40,7 @@ admin_password = "bench-admin"
 max_connections = 1000
 log_client_connections = false
 log_client_disconnections = false
+$tls
 
 [pools.$BENCH_DB]
 server_host = "127.0.0.1"
