@@ -193,6 +193,33 @@ class ClientTLSTests(ClusterMixin, TestCase):
         self.assertEqual(total, 50 << 20)
         self.assertLess(pooler.rss_kib() - before, 32 * 1024)
 
+    def test_slow_reader_over_tls(self):
+        """A 200 MB result to a TLS client that stops reading for a while, then reads it all:
+        every row arrives intact and the pooler's memory stays flat (flow control works
+        through the TLS layer)."""
+        pooler = self.start("require", pool_mode="transaction")
+        client = RawClient(pooler.port, timeout=60)
+        self.addCleanup(client.close)
+        self.assertEqual(tls_request(client.sock), b"S")
+        client.sock = ssl.create_default_context(cafile=self.ca.path).wrap_socket(client.sock, server_hostname="localhost")
+        self.assertTrue(client.login("tls", "app", PASSWORD).ok)
+        client.query("select repeat('x', 1000) from generate_series(1, 2000)")
+        baseline = pooler.rss_kib()
+        client.send(m.query("select repeat('x', 10000) from generate_series(1, 20000)"))
+        time.sleep(3)
+        stalled = pooler.rss_kib()
+        expected = b"\x00\x01\x00\x00\x27\x10" + b"x" * 10000
+        rows = bad = 0
+        while True:
+            kind, body = client.read_message()
+            if kind == "D":
+                rows += 1
+                bad += body != expected
+            elif kind == "Z":
+                break
+        self.assertEqual((rows, bad), (20_000, 0))
+        self.assertLess(max(stalled, pooler.rss_kib()) - baseline, 32 * 1024)
+
     def test_cancel_plain_and_inside_tls(self):
         """A CancelRequest works sent in plain TCP (libpq) and inside TLS (Npgsql)."""
         pooler = self.start("allow")
