@@ -338,41 +338,12 @@ class ServerTLSTests(ClusterMixin, TestCase):
             )
             cls.initialised = True
         pools = "".join(
-            f"""
-[pools.{name}]
-server_host = "{host}"
-server_port = {self.cluster.port}
-server_database = "postgres"
-pool_mode = "transaction"
-server_tls_mode = "{mode}"
-server_tls_ca_cert = "{self.ca.path}"
-
-[[pools.{name}.users]]
-username = "tlsonly"
-password = "{PASSWORD}"
-pool_size = 2
-server_username = "tlsonly"
-server_password = "{PASSWORD}"
-"""
+            self.pool(name, mode, host, "tlsonly", f'server_tls_ca_cert = "{self.ca.path}"')
             for name, mode, host in SERVER_POOLS
         )
-        for name, own in (("cert", True), ("nocert", False)):
-            files = f'server_tls_certificate = "{self.pooler_cert}"\nserver_tls_private_key = "{self.pooler_key}"\n'
-            pools += f"""
-[pools.{name}]
-server_host = "127.0.0.1"
-server_port = {self.cluster.port}
-server_database = "postgres"
-pool_mode = "transaction"
-server_tls_mode = "require"
-{files if own else ""}
-[[pools.{name}.users]]
-username = "certonly"
-password = "{PASSWORD}"
-pool_size = 1
-server_username = "certonly"
-server_password = "{PASSWORD}"
-"""
+        own = f'server_tls_certificate = "{self.pooler_cert}"\nserver_tls_private_key = "{self.pooler_key}"'
+        pools += self.pool("cert", "require", "127.0.0.1", "certonly", own)
+        pools += self.pool("nocert", "require", "127.0.0.1", "certonly", "")
         self.pooler = PgdoormanProcess(
             f"""
 [general]
@@ -387,6 +358,26 @@ query_wait_timeout = "20s"
         self.pooler.start()
         self.addCleanup(self.pooler.stop)
         bound(self, TEST_BOUND, self.pooler)
+
+    def pool(self, name: str, mode: str, host: str, user: str, extra: str) -> str:
+        """The TOML of pool C{name}: C{user} (as itself on PostgreSQL) with C{mode} to
+        C{host}, and the C{extra} keys."""
+        return f"""
+[pools.{name}]
+server_host = "{host}"
+server_port = {self.cluster.port}
+server_database = "postgres"
+pool_mode = "transaction"
+server_tls_mode = "{mode}"
+{extra}
+
+[[pools.{name}.users]]
+username = "{user}"
+password = "{PASSWORD}"
+pool_size = 2
+server_username = "{user}"
+server_password = "{PASSWORD}"
+"""
 
     def connect(self, pool: str, user: str = "tlsonly") -> psycopg.Connection:
         """A plain psycopg connection to C{pool} through the pooler, closed at cleanup."""

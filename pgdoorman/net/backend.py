@@ -727,41 +727,36 @@ def connect_server(
         "... no encryption") is tried once more over TLS (libpq's C{allow}).
     """
     login, options, retry = tls
-    proto = ServerConnection(
-        credentials=credentials,
-        startup=startup,
-        clock=reactor,
-        socket_options=socket_options,
-        tls=login,
-        tls_options=options,
-    )
-    proto.address = (host, port, timeout)
-    proto.connector = connect_to(reactor, host, port, timeout, OneServer(proto))
-    d = proto.ready
-    if timeout > 0:
-        d.addTimeout(timeout, reactor)
-    d.addErrback(_as_server_error, host, port)
+
+    def attempt(login: str) -> Deferred:
+        proto = ServerConnection(
+            credentials=credentials,
+            startup=startup,
+            clock=reactor,
+            socket_options=socket_options,
+            tls=login,
+            tls_options=options,
+        )
+        proto.address = (host, port, timeout)
+        proto.connector = connect_to(reactor, host, port, timeout, OneServer(proto))
+        d = proto.ready
+        if timeout > 0:
+            d.addTimeout(timeout, reactor)
+        d.addErrback(_as_server_error, host, port)
+        return d
+
+    def again(failure):
+        error = failure.value
+        if (
+            failure.check(PgError)
+            and error.sqlstate == SQLSTATE.INVALID_AUTHORIZATION
+            and error.message.endswith("no encryption")
+        ):
+            return attempt("require")
+        return failure
+
+    d = attempt(login)
     if retry:
-
-        def again(failure):
-            error = failure.value
-            if (
-                failure.check(PgError)
-                and error.sqlstate == SQLSTATE.INVALID_AUTHORIZATION
-                and error.message.endswith("no encryption")
-            ):
-                return connect_server(
-                    reactor,
-                    host=host,
-                    port=port,
-                    timeout=timeout,
-                    credentials=credentials,
-                    startup=startup,
-                    socket_options=socket_options,
-                    tls=("require", options, False),
-                )
-            return failure
-
         d.addErrback(again)
     return d
 
