@@ -252,11 +252,11 @@ class _Loader:
                 "general.tls_mode",
                 f"{general.tls_mode!r} without tls_certificate: every SSLRequest is answered N",
             )
-        general = self.client_tls_files(general)
+        general = self.tls_paths(general)
         self.server_tls(general, "general")
         return general
 
-    def client_tls_files(self, general: General) -> General:
+    def tls_paths(self, general: General) -> General:
         """Make the TLS paths of C{[general]} relative to the config file (what the files
         hold is checked by L{check_files})."""
         names = _CLIENT_TLS_FILES + _SERVER_TLS_FILES
