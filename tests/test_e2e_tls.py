@@ -273,9 +273,10 @@ class ClientTLSTests(ClusterMixin, TestCase):
         self.assertEqual(conn.execute("select 1").fetchone(), (1,))
 
     def test_500_handshakes_at_once(self):
-        """500 TLS handshakes at once all complete and get their authentication request; a
-        TLS client already in keeps working."""
-        pooler = self.start("allow")
+        """500 TLS handshakes at once, queued by tls_rate_limit_per_second = 300, all
+        complete and get their authentication request; a TLS client already in keeps
+        working."""
+        pooler = self.start("allow", extra="tls_rate_limit_per_second = 300")
         conn = self.connect(pooler, sslmode="require")
         context = ssl.create_default_context(cafile=self.ca.path)
 

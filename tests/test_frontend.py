@@ -1,6 +1,7 @@
 """Unit tests for the client/server linking in L{pgdoorman.net.frontend} and
 L{pgdoorman.net.backend}, in memory: real pool and protocols, StringTransports, a Clock."""
 
+import os
 import re
 
 from hypothesis import given, settings
@@ -18,6 +19,8 @@ from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
+
+from .certs import Authority
 
 CONFIG = """
 [general]
@@ -308,6 +311,47 @@ class LoginTimeoutTests(LinkTestMixin, SynchronousTestCase):
         self.assertTrue(client.transport.disconnecting)
         self.clock.advance(10)
         self.assertFalse(self.client.transport.disconnecting)
+
+
+class _TLSTransport(StringTransport):
+    """A transport that notes when TLS is started on it."""
+
+    started = False
+
+    def startTLS(self, options) -> None:
+        """Note it."""
+        self.started = True
+
+
+class TLSRateLimitTests(LinkTestMixin, SynchronousTestCase):
+    """C{tls_rate_limit_per_second}: handshakes start evenly spaced, the others wait their
+    turn in arrival order with their answer held."""
+
+    def setUp(self):
+        cert, key = Authority(os.path.abspath(self.mktemp()), "ca").issue("localhost")
+        self.general = f'tls_certificate = "{cert}"\ntls_private_key = "{key}"\ntls_rate_limit_per_second = 100'
+        super().setUp()
+
+    def test_handshakes_are_spaced(self):
+        """150 SSLRequests at once: one handshake starts at once, 100 within the first
+        second, all 150 half a second later, each after its own S."""
+        clients = []
+        for _ in range(150):
+            client = self.factory.buildProtocol(None)
+            client.makeConnection(_TLSTransport())
+            client.dataReceived(m.ssl_request())
+            clients.append(client)
+
+        def started() -> int:
+            return sum(c.transport.started for c in clients)
+
+        self.assertEqual(started(), 1)
+        self.assertEqual(clients[1].transport.value(), b"")
+        self.clock.advance(0.995)
+        self.assertEqual(started(), 100)
+        self.clock.advance(0.5)
+        self.assertEqual(started(), 150)
+        self.assertEqual({c.transport.value() for c in clients}, {b"S"})
 
 
 class SplitTerminateTests(LinkTestMixin, SynchronousTestCase):

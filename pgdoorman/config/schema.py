@@ -380,7 +380,7 @@ class General:
     tls_private_key: str | None = _key(_str, None)
     tls_ca_cert: str | None = _key(_str, None)
     tls_mode: str = _key(_one_of("disable", "allow", "require", "verify-full"), "allow")
-    tls_rate_limit_per_second: int = _key(_int(), 0, later="a TLS handshake rate limit")
+    tls_rate_limit_per_second: int = _key(_int(), 0)
     #: PgBouncer's key: a client that has not logged in (TLS handshake included) by then is
     #: closed.
     client_login_timeout: int = _key(_duration, 60_000)

@@ -282,13 +282,21 @@ class ClientConnection(PeerProducer, Protocol):
                 self._greeting = b"".join(out)
                 self._authenticated(item)
                 return
+            if isinstance(item, StartTLS):
+                # The answer (S) waits with the handshake if tls_rate_limit_per_second says so.
+                self.tls = True
+                answer, out = b"".join(out), []
+                wait = self.factory.tls.wait(self.factory.registry.config.general, self.clock.seconds())
+                if wait:
+                    self.transport.pauseProducing()
+                    self.clock.callLater(wait, self._start_tls, answer, True)
+                else:
+                    self._start_tls(answer, False)
+                continue
             if out:
                 self.write(b"".join(out))
                 out = []
-            if isinstance(item, StartTLS):
-                self.tls = True
-                self.transport.startTLS(self.factory.tls.options(self.factory.registry.config.general))
-            elif isinstance(item, Started):
+            if isinstance(item, Started):
                 self.factory.counts["tls" if self.tls else "plain"] += 1
                 self.user = item.params["user"]
                 self.database = item.params["database"]
@@ -304,6 +312,16 @@ class ClientConnection(PeerProducer, Protocol):
                 self.send_error(error.to_message())
         if out:
             self.write(b"".join(out))
+
+    def _start_tls(self, answer: bytes, paused: bool) -> None:
+        """Answer the SSLRequest (C{answer}, C{S}) and start the handshake; reading from
+        the client resumes if it waited for its turn."""
+        if self.phase == CLOSED:
+            return
+        self.write(answer)
+        self.transport.startTLS(self.factory.tls.options(self.factory.registry.config.general))
+        if paused:
+            self.transport.resumeProducing()
 
     def _admin_phase(self, data: bytes) -> None:
         answer, done = self._admin.receive(data)

@@ -32,6 +32,18 @@ class ClientTLS:
     def __init__(self) -> None:
         self._general = None
         self._options = None
+        #: When the next handshake may start under C{tls_rate_limit_per_second}.
+        self._next = 0.0
+
+    def wait(self, general, now: float) -> float:
+        """Seconds a new handshake waits for its turn: C{tls_rate_limit_per_second}
+        handshakes start at most, evenly spaced, the others queue in arrival order."""
+        limit = general.tls_rate_limit_per_second
+        if not limit:
+            return 0.0
+        start = max(self._next, now)
+        self._next = start + 1.0 / limit
+        return start - now
 
     def policy(self, general, local: bool) -> str:
         """The L{pgdoorman.session.client_login.ClientLogin} C{tls} policy for a new client
