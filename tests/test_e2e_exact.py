@@ -610,8 +610,6 @@ _QUERIES = (
     "select '2020-01-01 12:00+00'::timestamptz::text",
     "select 1; select 2",
     "select 1; selec",
-    "deallocate a",
-    "deallocate b",
 )
 #: Session mode also takes what transaction mode cannot carry yet, and a DEALLOCATE ALL
 #: pipelined with later uses of a statement (docs/status.md).
@@ -671,20 +669,16 @@ def _reparsed(units: list) -> bool:
     """Whether one pipelined exchange parses a statement name in two Sync groups, or uses
     the unnamed statement in a group after the one that parsed it: if the group of that
     Parse fails, PostgreSQL goes on with the statement from before, where the pooler, which
-    maps names as it sends them, does not (docs/status.md). Likewise a name that a SQL
-    DEALLOCATE of the exchange names, if that DEALLOCATE fails or is skipped."""
+    maps names as it sends them, does not (docs/status.md)."""
     seen: set = set()
     unnamed = False
-    framed = [d.framed(unit) for unit in units]
-    dropped = {body[11:-1] for messages in framed for t, body in messages if t == "Q" and body.startswith(b"deallocate ")}
-    for messages in framed:
+    for unit in units:
+        messages = d.framed(unit)
         names = {body.split(b"\x00")[0] for t, body in messages if t == "P"}
         if (names - {b""}) & seen:
             return True
         uses = {body.split(b"\x00")[1] for t, body in messages if t == "B"}
-        uses |= {body[1:-1] for t, body in messages if t in "DC" and body[:1] == b"S"}
-        if (names | uses) & dropped:
-            return True
+        uses |= {body[1:-1] for t, body in messages if t == "D" and body[:1] == b"S"}
         if unnamed and b"" in uses and b"" not in names:
             return True
         seen |= names
