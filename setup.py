@@ -28,6 +28,7 @@ setup(
         "tomli",
         "prometheus_client",
     ],
+    extras_require={"yaml": ["pyyaml"]},
     entry_points={"console_scripts": ["pgdoorman = pgdoorman.app.cli:main"]},
     classifiers=[
         "Framework :: Twisted",

@@ -3,8 +3,8 @@
 #
 #   bench/pgdoorman.sh start | stop | status
 #
-# transaction pooling, pool_size 20, max_connections 1000, SCRAM passthrough with the
-# verifier copied from pg_authid. Runs the pgdoorman importable by $PYTHON (default python3);
+# transaction pooling, pool_size 20, max_connections 1000 (PGD_MAX_CONNECTIONS), one process
+# (PGD_WORKERS=N: N worker processes), SCRAM passthrough with the verifier copied from pg_authid. Runs the pgdoorman importable by $PYTHON (default python3);
 # set PYTHON=/path/to/venv/bin/python to choose.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -31,13 +31,19 @@ do_start() {
     if [ -n "${BENCH_TLS_CERT:-}" ]; then
         tls=$(printf 'tls_mode = "require"\ntls_certificate = "%s"\ntls_private_key = "%s"' "$BENCH_TLS_CERT" "$BENCH_TLS_KEY")
     fi
+    # PGD_METRICS_PORT: serve Prometheus /metrics there (bench/metrics.py).
+    local metrics=""
+    if [ -n "${PGD_METRICS_PORT:-}" ]; then
+        metrics=$(printf '[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = %s' "$PGD_METRICS_PORT")
+    fi
     cat >"$PGD_DIR/pg_doorman.toml" <<EOF2
 [general]
 host = "127.0.0.1"
 port = $PGD_PORT
 admin_username = "admin"
 admin_password = "bench-admin"
-max_connections = 1000
+max_connections = ${PGD_MAX_CONNECTIONS:-1000}
+workers = ${PGD_WORKERS:-1}
 log_client_connections = false
 log_client_disconnections = false
 $tls
@@ -51,11 +57,17 @@ pool_mode = "$PGD_POOL_MODE"
 username = "$BENCH_USER"
 password = "$secret"
 pool_size = $PGD_POOL_SIZE
+
+$metrics
 EOF2
     (cd "$PGD_DIR" && exec "$PYTHON" -m pgdoorman "$PGD_DIR/pg_doorman.toml" >"$PGD_DIR/pgdoorman.log" 2>&1) &
     echo $! >"$PGD_DIR/pgdoorman.pid"
+    # pg_isready waits for an answer to its startup packet: with workers, the supervisor
+    # listens before they are up to answer.
     for _ in $(seq 100); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$PGD_PORT") 2>/dev/null && break
+        local rc=0
+        pg_isready -q -h 127.0.0.1 -p "$PGD_PORT" -t 1 2>/dev/null || rc=$?
+        [ "$rc" -ne 2 ] && break
         sleep 0.1
     done
     is_running || { echo "pgdoorman failed to start:" >&2; tail -20 "$PGD_DIR/pgdoorman.log" >&2; exit 1; }

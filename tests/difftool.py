@@ -345,10 +345,14 @@ def _without_table_oids(body: bytes) -> bytes:
 
 def _sort_login_parameters(messages: list) -> list:
     """The ParameterStatus messages before the first ReadyForQuery, in name order: their
-    order at login is the server's choice, not part of the protocol."""
+    order at login is the server's choice, not part of the protocol. The pooler's own
+    (C{pgdoorman.version}, C{pgdoorman.pool_mode}) are left out: they say it is there."""
     for i, (mtype, _) in enumerate(messages):
         if mtype == "Z":
-            head = sorted(messages[:i], key=lambda msg: (msg[0] != "S", str(msg[1])))
+            head = [
+                msg for msg in messages[:i] if not (msg[0] == "S" and str(msg[1][0]).startswith("pgdoorman."))
+            ]
+            head.sort(key=lambda msg: (msg[0] != "S", str(msg[1])))
             return head + messages[i:]
     return messages
 
@@ -367,7 +371,8 @@ def compare(script: list, direct: Side, pooled: Side) -> list:
         n = next((k for k in range(common) if a[k] != b[k]), common)
         out.append(
             f"client {i}, message {n}: PostgreSQL {a[n] if n < len(a) else 'nothing'!r}, "
-            f"pooler {b[n] if n < len(b) else 'nothing'!r} (PostgreSQL's stream: {a[max(0, n - 3) : n + 3]!r})"
+            f"pooler {b[n] if n < len(b) else 'nothing'!r} (PostgreSQL's stream: {a[max(0, n - 3) : n + 3]!r}, "
+            f"the pooler's: {b[max(0, n - 3) : n + 3]!r})"
         )
     return out
 

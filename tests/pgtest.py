@@ -89,17 +89,20 @@ class PgdoormanProcess:
     """A pgdoorman run as C{python -m pgdoorman CONFIG} (so C{twistd -n pgdoorman}) in a
     child process, from the same pgdoorman package the tests import.
 
-    @param config_text: the TOML config; C{{port}} in it is replaced by a free port.
+    @param config_text: the TOML config (YAML if C{config_name} ends in C{.yaml});
+        C{{port}} in it is replaced by a free port.
     """
 
-    def __init__(self, config_text: str, workdir: str) -> None:
+    def __init__(self, config_text: str, workdir: str, config_name: str = "pg_doorman.toml") -> None:
         self.port = free_port()
         self.workdir = os.path.abspath(workdir)
         os.makedirs(self.workdir, exist_ok=True)
-        self.config_path = os.path.join(self.workdir, "pg_doorman.toml")
+        self.config_path = os.path.join(self.workdir, config_name)
         self.write_config(config_text)
         self.logfile = os.path.join(self.workdir, "pgdoorman.log")
         self.proc: subprocess.Popen | None = None
+        #: More environment variables for the process.
+        self.env: dict = {}
 
     def write_config(self, config_text: str) -> None:
         """(Re)write the config file."""
@@ -111,6 +114,7 @@ class PgdoormanProcess:
         env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.abspath(pgdoorman.__file__)))
         env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+        env.update(self.env)
         with open(self.logfile, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "pgdoorman", self.config_path],
@@ -124,7 +128,11 @@ class PgdoormanProcess:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"pgdoorman exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    # Polling a port of the ephemeral range can connect the socket to
+                    # itself (TCP simultaneous open) before anything listens there.
+                    if sock.getsockname() == sock.getpeername():
+                        raise ConnectionRefusedError("connected to itself")
                 return
             except OSError:
                 if time.monotonic() > deadline:
@@ -133,7 +141,9 @@ class PgdoormanProcess:
                 time.sleep(0.05)
 
     def stop(self) -> int | None:
-        """SIGTERM the process and wait for it; returns its exit status."""
+        """SIGTERM the process and wait for it; returns its exit status. Processes that
+        run this config too (a binary upgrade's new process, its workers) are stopped as
+        well, so that a test that failed half-way leaves none behind."""
         if self.proc is None:
             return None
         proc, self.proc = self.proc, None
@@ -144,7 +154,28 @@ class PgdoormanProcess:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for pid in self._followers():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
         return proc.returncode
+
+    def _followers(self) -> list:
+        """The other live processes whose command line names this config file."""
+        found = []
+        needle = self.config_path.encode()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) == os.getpid():
+                continue
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    args = f.read().split(b"\0")
+            except OSError:
+                continue
+            if needle in args:
+                found.append(int(entry))
+        return found
 
     def log(self) -> str:
         """What the process wrote so far."""
@@ -161,6 +192,18 @@ class PgdoormanProcess:
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1])
         raise RuntimeError("no VmRSS")
+
+    def admin_rows(self, command: str) -> list:
+        """The rows of an admin console command, as dicts of column to value."""
+        # Imported here: the PyPy run uses this module but has no psycopg.
+        import psycopg
+
+        with psycopg.connect(
+            self.dsn("admin", "admin-secret", "pgdoorman"), autocommit=True, prepare_threshold=None
+        ) as conn:
+            cursor = conn.execute(command)
+            names = [column.name for column in cursor.description]
+            return [{name: row[i] for i, name in enumerate(names)} for row in cursor.fetchall()]
 
     def url(self, user: str, password: str, database: str = "app") -> str:
         """A postgresql:// URL to this pgdoorman (asyncpg takes only URLs)."""

@@ -35,10 +35,11 @@ class LoginResult:
 
 
 class RawClient:
-    """One TCP connection speaking the protocol by hand."""
+    """One TCP connection speaking the protocol by hand (or C{sock}, a socket already
+    connected, and set up as the test needs: a unix socket, TLS, a chosen source address)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout)
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 10, sock=None) -> None:
+        self.sock = socket.create_connection((host, port), timeout=timeout) if sock is None else sock
         self.framer = Framer(ALL_TYPES)
         self.pending: list = []
         #: The (process id, secret key) of the BackendKeyData seen at login, if any.

@@ -26,7 +26,13 @@ def _free_port() -> int:
 def _connect(port: int, deadline: float) -> socket.socket:
     while True:
         try:
-            return socket.create_connection(("127.0.0.1", port), timeout=5)
+            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+            if sock.getsockname() != sock.getpeername():
+                return sock
+            # A port of the ephemeral range, polled before anything listens there,
+            # can connect to itself.
+            sock.close()
+            raise ConnectionRefusedError("connected to itself")
         except OSError:
             if time.monotonic() > deadline:
                 raise

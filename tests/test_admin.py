@@ -56,6 +56,11 @@ COLUMNS = {
         "paused",
         "fallback_active",
         "oldest_active_age_ms",
+        "cl_pinned",
+        "timeout_query",
+        "timeout_idle_transaction",
+        "timeout_transaction",
+        "timeout_client_idle",
     ],
     "POOLS_EXTENDED": [
         "database",
@@ -637,7 +642,8 @@ class LifecycleTests(_PoolerTestCase):
         def refused():
             try:
                 socket.create_connection(("127.0.0.1", pooler.port), timeout=1).close()
-            except ConnectionRefusedError:
+            except (ConnectionRefusedError, ConnectionResetError):
+                # Reset: the connect sat in the backlog of the listener as it closed.
                 return True
             return False
 

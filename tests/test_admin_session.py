@@ -32,7 +32,8 @@ class AdminSessionTests(SynchronousTestCase):
         chunks = [data] if how == "whole" else [data[i : i + 1] for i in range(len(data))]
         out, done = b"", False
         for chunk in chunks:
-            answer, done = session.receive(chunk)
+            answer, done, later = session.receive(chunk)
+            self.assertIsNone(later)
             out += answer
             if done:
                 break

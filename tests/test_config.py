@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgdoorman.auth import hba
 from pgdoorman.config import (
     Config,
     ConfigError,
@@ -199,7 +200,8 @@ class RealisticConfigTests(SynchronousTestCase):
 
     def test_pgHbaPath(self) -> None:
         """C{pg_hba = {path = ...}} is read, relative to the configuration file."""
-        self.assertEqual(self.config.general.pg_hba, "host all all 10.0.0.0/8 scram-sha-256\n")
+        rules = self.config.general.pg_hba.rules
+        self.assertEqual([(r.kind, r.method) for r in rules], [("host", "scram-sha-256")])
 
     def test_prometheusAlias(self) -> None:
         """C{[prometheus]} is read as C{[web]}."""
@@ -555,6 +557,15 @@ class ErrorTests(SynchronousTestCase):
             "test.toml: pools.db.max_db_connections: 3 is less than the users' total min_pool_size (4)",
         )
 
+    def test_workers(self) -> None:
+        """C{workers} is 1 to 128 (default 1)."""
+        self.assertEqual(load_text().general.workers, 1)
+        self.assertEqual(load_text(general="workers = 4").general.workers, 4)
+        self.assertError(
+            config_text(general="workers = 0"),
+            "test.toml: general.workers: expected an integer between 1 and 128, got 0",
+        )
+
     def test_serverPassword(self) -> None:
         """C{server_password} needs C{server_username}."""
         self.assertError(
@@ -653,10 +664,10 @@ class ErrorTests(SynchronousTestCase):
     def test_pgHbaForms(self) -> None:
         """C{pg_hba} is a string, C{{content = ...}} or C{{path = ...}}, but not both or neither."""
         rules = "host all all 0.0.0.0/0 md5"
-        self.assertEqual(parse(config_text(general=f'pg_hba = "{rules}"')).general.pg_hba, rules)
+        self.assertEqual(parse(config_text(general=f'pg_hba = "{rules}"')).general.pg_hba, hba.parse(rules))
         self.assertEqual(
             parse(config_text(general=f'pg_hba = {{ content = "{rules}" }}')).general.pg_hba,
-            rules,
+            hba.parse(rules),
         )
         self.assertError(
             config_text(general='pg_hba = { path = "a", content = "b" }'),
@@ -670,6 +681,38 @@ class ErrorTests(SynchronousTestCase):
             config_text(general='pg_hba = { path = "/nonexistent/pg_hba.conf" }'),
             "test.toml: general.pg_hba.path: cannot read '/nonexistent/pg_hba.conf': No such file or directory",
         )
+
+    def test_pgHbaLines(self) -> None:
+        """A rule that cannot be read names the file (the rules file too) and the line."""
+        self.assertError(
+            config_text(general='pg_hba = "host all all all md5\\nhost all all all ident"'),
+            'test.toml: general.pg_hba: line 2: authentication method "ident" is not supported by pgdoorman',
+        )
+        self.assertError(
+            config_text(general='pg_hba = { content = "hots all all all md5" }'),
+            'test.toml: general.pg_hba.content: line 1: invalid connection type "hots"',
+        )
+        path = self.mktemp()
+        with open(path, "w") as f:
+            f.write("# rules\nlocal all all trust\nhost all all 10.0.0.1 md5\n")
+        self.assertError(
+            config_text(general=f'pg_hba = {{ path = "{path}" }}'),
+            f'test.toml: general.pg_hba.path: {path}: line 3: invalid IP mask "md5"',
+        )
+
+    def test_hostsslWithoutTLS(self) -> None:
+        """A hostssl line with no client TLS configured can never match: a warning."""
+        config = loads(config_text(general='pg_hba = "local all all trust\\nhostssl all all all md5"'), "test.toml")
+        self.assertEqual(
+            config.warnings,
+            ("test.toml: general.pg_hba: line 2: hostssl cannot match without tls_certificate",),
+        )
+
+    def test_legacyHba(self) -> None:
+        """The legacy C{hba} list becomes rules: its networks by password, nothing else."""
+        general = loads(config_text(general='hba = ["10.0.0.0/8"]'), "test.toml").general
+        self.assertEqual(general.hba, ("10.0.0.0/8",))
+        self.assertEqual([(r.kind, r.method) for r in general.pg_hba.rules], [("local", "md5"), ("host", "md5")])
 
     def test_unixSocketMode(self) -> None:
         """C{unix_socket_mode} is an octal string limited to rwx bits."""
@@ -1204,12 +1247,6 @@ class NotBuiltTests(SynchronousTestCase):
         self.assertEqual(load_text().warnings, ())
         self.assertEqual(load_text(general='tls_mode = "disable"').warnings, ())
 
-    def test_hba(self) -> None:
-        """C{pg_hba} and C{hba} are errors: no access rule would be enforced."""
-        why = "client access rules are not enforced yet; remove the key (every address may log in with a configured password)"
-        self.assertRefused(f"test.toml: general.pg_hba: {why}", general='pg_hba = "host all all 0.0.0.0/0 md5"')
-        self.assertRefused(f"test.toml: general.hba: {why}", general='hba = ["10.0.0.0/8"]')
-
     def test_pam(self) -> None:
         """A user's C{auth_pam_service} is an error."""
         self.assertRefused(
@@ -1222,30 +1259,51 @@ class NotBuiltTests(SynchronousTestCase):
         keys and keys left out are not."""
         config = load_text(
             general="worker_threads = 8\nmax_memory_usage = 1024\nport = 6432",
-            pool="max_db_connections = 10\nserver_port = 5433",
+            pool="scaling_fast_retries = 10\nmax_db_connections = 10\nserver_port = 5433",
         )
         self.assertEqual(
             config.inactive,
             (
                 "test.toml: general.worker_threads: accepted and ignored (PgDoorman's Rust runtime)",
                 "test.toml: general.max_memory_usage: accepted but not acted on yet (a memory limit)",
-                "test.toml: pools.db.max_db_connections: accepted but not acted on yet (the pool coordinator)",
+                "test.toml: pools.db.scaling_fast_retries: accepted but not acted on yet (pool scaling)",
             ),
         )
         self.assertEqual(config.warnings, ())
         self.assertEqual(load_text().inactive, ())
 
+    def test_coordinator_warnings(self) -> None:
+        """Pool Coordinator settings that cannot all hold get PgDoorman's warnings; sound
+        ones get none."""
+        config = load_text(
+            general="query_wait_timeout = 2000",
+            pool="max_db_connections = 4\nreserve_pool_size = 5\nmin_guaranteed_pool_size = 11\nidle_timeout = 1000",
+        )
+        self.assertEqual(
+            config.warnings,
+            (
+                "test.toml: pools.db.reserve_pool_size: 5 is more than max_db_connections (4)",
+                "test.toml: pools.db.reserve_pool_timeout: 3000 ms is longer than query_wait_timeout (2000 ms):"
+                " clients time out before the reserve or the error",
+                "test.toml: pools.db.users[0].pool_size: 10 is more than max_db_connections (4): the cap comes first",
+                "test.toml: pools.db.min_guaranteed_pool_size: 11 is more than the pool_size of bob (10)",
+                "test.toml: pools.db.min_connection_lifetime: 30000 ms is longer than idle_timeout (1000 ms):"
+                " idle servers close before they may be evicted",
+            ),
+        )
+        self.assertEqual(load_text(pool="max_db_connections = 20", user="pool_size = 4").warnings, ())
+
     def test_sections_listed(self) -> None:
-        """Whole sections that are not acted on are listed once each."""
+        """Whole sections that are not acted on are listed once each (auth_query and the
+        metrics listener are acted on; the web UI's keys are listed one by one)."""
         config = load_text(
             pool='[pools.db.auth_query]\nquery = "select 1"\nuser = "lookup"',
-            extra='[web]\nenabled = true\n[talos]\nkeys = ["k"]',
+            extra='[web]\nenabled = true\nui = true\n[talos]\nkeys = ["k"]',
         )
         self.assertEqual(
             config.inactive,
             (
-                "test.toml: web: accepted but not acted on yet (the Prometheus /metrics listener)",
+                "test.toml: web.ui: accepted but not acted on yet (the web UI)",
                 "test.toml: talos: accepted but not acted on yet (Talos JWT authentication)",
-                "test.toml: pools.db.auth_query: accepted but not acted on yet (auth_query)",
             ),
         )

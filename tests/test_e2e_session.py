@@ -306,7 +306,8 @@ class PoolSettingsTests(ClusterMixin, TestCase):
 
     def test_startup_parameters(self):
         """[general] and [pools.<db>] startup_parameters reach PostgreSQL in the servers'
-        StartupMessage (the pool's value wins), and survive the check-in RESET ALL."""
+        StartupMessage (the pool's value wins); a client's SET follows that client only, and
+        the next client on the server has the pool's value again."""
         users = '[[pools.app.users]]\nusername = "postgres"\npassword = "pw"\npool_size = 1\n'
         config = pool_config(
             self.cluster,
@@ -323,4 +324,9 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         client.query("set work_mem = '9MB'")
         sql = "select current_setting('work_mem'), current_setting('statement_timeout')"
         rows = [parse_data_row(b) for t, b in client.query(sql) if t == "D"]
+        self.assertEqual(rows, [["9MB", "77s"]])
+        other = RawClient(pooler.port)
+        self.addCleanup(other.close)
+        self.assertTrue(other.login("postgres", "app", "pw").ok)
+        rows = [parse_data_row(b) for t, b in other.query(sql) if t == "D"]
         self.assertEqual(rows, [["6MB", "77s"]])

@@ -16,11 +16,13 @@ import psycopg
 from twisted.trial.unittest import TestCase
 
 from pgdoorman.protocol import messages as m
+from pgdoorman.testing.cluster import free_port
 
 from .certs import Authority
 from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
 from .rawclient import RawClient
 from .test_admin import psql
+from .test_metrics import scrape
 
 PASSWORD = "pw-tls"
 TEST_BOUND = 120
@@ -345,6 +347,7 @@ class ServerTLSTests(ClusterMixin, TestCase):
         own = f'server_tls_certificate = "{self.pooler_cert}"\nserver_tls_private_key = "{self.pooler_key}"'
         pools += self.pool("cert", "require", "127.0.0.1", "certonly", own)
         pools += self.pool("nocert", "require", "127.0.0.1", "certonly", "")
+        self.web = free_port()
         self.pooler = PgdoormanProcess(
             f"""
 [general]
@@ -353,7 +356,12 @@ port = {{port}}
 admin_username = "admin"
 admin_password = "admin-secret"
 query_wait_timeout = "20s"
-{pools}""",
+{pools}
+[prometheus]
+enabled = true
+host = "127.0.0.1"
+port = {self.web}
+""",
             self.mktemp(),
         )
         self.pooler.start()
@@ -420,6 +428,12 @@ server_password = "{PASSWORD}"
         self.assertIn("no encryption", str(caught.exception))
         self.assertIn("TLS with the server failed", self.pooler.log())
         self.assertEqual(self.connect("req").execute("select 1").fetchone(), (1,))
+        # /metrics counts the failed handshake and times the good one, per pool.
+        samples = scrape(self.web)
+        errors = samples[("pg_doorman_server_tls_handshake_errors_total", frozenset({"pool": "mismatch"}.items()))]
+        self.assertGreaterEqual(errors, 1)
+        timed = samples[("pg_doorman_server_tls_handshake_duration_seconds_count", frozenset({"pool": "req"}.items()))]
+        self.assertGreaterEqual(timed, 1)
 
     def test_pooler_certificate(self):
         """A role PostgreSQL admits only with a client certificate its CA signed: the pool

@@ -27,6 +27,7 @@ from psycopg import errors as pgerrors
 from twisted.python import log
 from twisted.trial.unittest import TestCase
 
+import pgdoorman
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import scram_verifier
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
@@ -582,13 +583,15 @@ class TransactionModeTests(ClusterMixin, TestCase):
         )
 
     def test_session_state_does_not_leak(self):
-        """A session SET (work_mem, TimeZone) and a PREPARE made outside a transaction do not
-        reach the next client once the server is checked in (pool of 1: same backend)."""
+        """A session SET (work_mem, TimeZone) and a PREPARE made and dropped outside a
+        transaction do not reach the next client once the server is checked in (pool of 1:
+        same backend)."""
         first = self.connect("solo")
         pid = first.execute("select pg_backend_pid()").fetchone()[0]
         first.execute("set work_mem = '7MB'")
         first.execute("set timezone = 'Asia/Tokyo'")
         first.execute("prepare leaky as select 1")
+        first.execute("deallocate leaky")
         for label, conn in (("while the first client is idle", None), ("after it left", first)):
             if conn is not None:
                 conn.close()
@@ -685,6 +688,10 @@ class TransactionModeTests(ClusterMixin, TestCase):
             self.addCleanup(client.close)
             result = client.login("solo", "app", PASSWORD % "solo", params=params)
             self.assertTrue(result.ok, result.fields)
+            own = {k: result.params.pop(k) for k in list(result.params) if k.startswith("pgdoorman.")}
+            self.assertEqual(
+                own, {"pgdoorman.version": pgdoorman.__version__, "pgdoorman.pool_mode": "transaction"}
+            )
             seen.append(result.params)
         self.assertEqual(seen, [expected.params, expected.params])
 

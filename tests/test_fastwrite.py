@@ -6,7 +6,7 @@ import socket
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
-from pgdoorman.net.fastwrite import eager_writer
+from pgdoorman.net.fastwrite import eager_tls, eager_writer
 
 
 class FakeSocket:
@@ -121,3 +121,51 @@ class EagerWriterTests(SynchronousTestCase):
                     sent = left.send(pending)
                     pending = pending[sent:]
         self.assertEqual(bytes(received), b"".join(chunks))
+
+
+class Bypass:
+    """The TLS layer's view of the connection (Twisted's C{_BypassTLS}): a queuing write."""
+
+    def __init__(self, transport) -> None:
+        self.transport = transport
+
+    def write(self, data: bytes) -> None:
+        """Queue on the connection, as Twisted's FileDescriptor.write does."""
+        self.transport.write(data)
+
+
+class EagerTLSTests(SynchronousTestCase):
+    """After startTLS, the TLS records go straight to the socket when nothing is queued."""
+
+    def started(self, sock) -> tuple:
+        """A TLS transport (C{TLS} set, a TLS protocol with its bypass) with L{eager_tls}."""
+        transport = FakeTransport(sock)
+        transport.TLS = True
+        bypass = Bypass(transport)
+        transport.protocol = type("TLSProtocol", (), {"transport": bypass})()
+        eager_tls(transport)
+        return transport, bypass
+
+    def test_records_leave_at_once(self):
+        """A record with nothing queued is sent at once, though the transport encrypts."""
+        transport, bypass = self.started(FakeSocket(None))
+        bypass.write(b"record")
+        self.assertEqual((transport.socket.sent, transport.written), (b"record", []))
+
+    def test_queued_and_partial(self):
+        """A partial send queues the rest; later records queue behind it."""
+        transport, bypass = self.started(FakeSocket(3))
+        bypass.write(b"record")
+        bypass.write(b"next")
+        self.assertEqual(transport.socket.sent, b"rec")
+        self.assertEqual(transport.written, [b"ord", b"next"])
+
+    def test_not_a_socket_transport(self):
+        """A transport without a socket (or without a TLS layer) is left alone."""
+        transport = StringTransport()
+        write = transport.write
+        eager_tls(transport)
+        self.assertEqual(transport.write, write)
+        plain = FakeTransport(FakeSocket())
+        eager_tls(plain)
+        self.assertFalse(hasattr(plain, "protocol"))

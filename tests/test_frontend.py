@@ -11,10 +11,11 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgdoorman import __version__
 from pgdoorman.auth.credentials import ServerCredentials
 from pgdoorman.config import loads
 from pgdoorman.net.backend import ServerConnection
-from pgdoorman.net.frontend import CLOSED, IDLE, LINKED, ClientFactory
+from pgdoorman.net.frontend import CLOSED, IDLE, LINKED, SETTLING, ClientFactory
 from pgdoorman.pool.registry import PoolRegistry
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import SCRAM_MECHANISM, ScramClient, md5_hash, md5_response
@@ -37,6 +38,19 @@ pool_size = 1
 
 ANSWER = m.command_complete("SELECT 1") + m.READY_IDLE
 IN_TX = m.command_complete("BEGIN") + m.ready_for_query(b"T")
+
+
+def check_answer(*rows) -> bytes:
+    """PostgreSQL's answer to the pooler's session check (L{pgdoorman.session.carry}),
+    with these (kind, name, value) rows."""
+    return (
+        m.message(b"1")
+        + m.message(b"2")
+        + m.row_description([("?column?", 25), ("name", 25), ("current_setting", 25)])
+        + b"".join(m.data_row(list(row)) for row in rows)
+        + m.command_complete(f"SELECT {len(rows)}")
+        + m.READY_IDLE
+    )
 
 
 def _messages(data: bytes) -> list:
@@ -108,7 +122,9 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
     def test_login_with_a_synchronous_lease(self):
         """A connector that fires at once still completes the login and releases the server."""
         kinds = [t for t, _ in self.login_output]
-        self.assertEqual(kinds, ["R", "S", "S", "K", "Z"])
+        self.assertEqual(kinds, ["R", "S", "S", "S", "S", "K", "Z"])
+        own = [m.parse_parameter_status(body) for t, body in self.login_output[3:5]]
+        self.assertEqual(own, [("pgdoorman.version", __version__), ("pgdoorman.pool_mode", "transaction")])
         self.assertEqual(self.client.phase, IDLE)
         self.assertEqual(self.server.pool_state, "idle")
 
@@ -180,13 +196,90 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.answer(m.command_complete("ROLLBACK") + m.READY_IDLE)
         self.assertEqual(self.server.pool_state, "idle")
 
-    def test_session_set_is_reset_at_checkin(self):
-        """A SET outside a transaction is undone with RESET ALL before the server is idle."""
+    def test_session_set_is_learnt_at_release(self):
+        """A SET outside a transaction: before the server goes back, the pooler reads the
+        session's settings, which the client keeps; the next client that did not make
+        them has them RESET first."""
         self.client.dataReceived(m.query("set work_mem = '1MB'"))
         self.server_transport.clear()
         self.answer(m.command_complete("SET") + m.READY_IDLE)
-        self.assertEqual(self.server_transport.value(), m.query("RESET ROLE; RESET ALL"))
-        self.assertEqual(self.server.pool_state, "used")
+        [(kind, body)] = _messages(self.server_transport.value())[:1]
+        self.assertEqual(kind, "P")
+        self.assertIn(b"pg_settings", body)
+        self.assertEqual((self.server.pool_state, self.client.phase), ("active", SETTLING))
+        self.client.dataReceived(m.query("show work_mem"))
+        self.assertEqual(self.client.phase, SETTLING)
+        self.server_transport.clear()
+        self.answer(check_answer(("s", "work_mem", "1MB"), ("s", "TimeZone", "UTC")))
+        self.assertIn(("work_mem", "1MB"), self.client.wanted)
+        self.assertNotIn(("TimeZone", "UTC"), self.client.wanted)
+        # The held SHOW goes to the same server, already in line with the client.
+        self.assertEqual(self.server_transport.value(), m.query("show work_mem"))
+        self.answer(ANSWER)
+        self.assertEqual(self.server.pool_state, "idle")
+        self.server_transport.clear()
+        other = self.newClient()
+        other.dataReceived(m.query("select 1"))
+        self.assertEqual(self.server_transport.value(), m.query('RESET "work_mem"; RESET "TimeZone"'))
+
+    def test_learnt_settings_follow_to_the_next_server(self):
+        """Settings the client made are replayed with set_config (lists stay lists) on a
+        server that does not hold them."""
+        self.client.dataReceived(m.query("set search_path = a, b"))
+        self.answer(m.command_complete("SET") + m.READY_IDLE)
+        self.answer(check_answer(("s", "search_path", "a, b")))
+        self.server.applied, self.server.synced = {}, None
+        self.server_transport.clear()
+        self.client.dataReceived(m.query("select 1"))
+        self.assertEqual(
+            self.server_transport.value(),
+            m.query("SELECT pg_catalog.set_config('search_path', 'a, b', false)"),
+        )
+
+    def test_session_state_pins_the_client(self):
+        """A temporary table (the check says so) keeps the server with its client across
+        transactions, counted in the pool, until a later check finds it gone."""
+        self.client.dataReceived(m.query("create temp table t (x int)"))
+        self.assertTrue(self.server.hint)
+        self.answer(m.command_complete("CREATE TABLE") + m.READY_IDLE)
+        self.answer(check_answer(("p", "a temporary table", None)))
+        self.assertEqual((self.client.phase, self.client.pinned), (LINKED, ("a temporary table",)))
+        self.assertEqual(self.pool.pinned, 1)
+        self.server_transport.clear()
+        self.client.dataReceived(m.query("select * from t"))
+        self.assertEqual(self.server_transport.value(), m.query("select * from t"))
+        self.answer(ANSWER)
+        self.assertIs(self.server.client, self.client)
+        self.client.dataReceived(m.query("drop table t"))
+        self.answer(m.command_complete("DROP TABLE") + m.READY_IDLE)
+        self.assertEqual(self.client.phase, SETTLING)
+        self.answer(check_answer())
+        self.assertEqual((self.client.phase, self.client.pinned, self.pool.pinned), (IDLE, (), 0))
+        self.assertEqual(self.server.pool_state, "idle")
+
+    def test_pin_limit(self):
+        """Past max_pinned_servers the client is told why and closed, and its server is
+        cleared with DISCARD ALL before anyone else has it."""
+        self.pool.max_pinned = 0
+        self.client.dataReceived(m.query("select pg_advisory_lock(1)"))
+        self.answer(ANSWER)
+        self.server_transport.clear()
+        self.answer(check_answer(("p", "a session advisory lock", None)))
+        [(kind, body)] = _messages(self.client.transport.value())[-1:]
+        fields = m.parse_error_fields(body)
+        self.assertEqual((kind, fields["C"], fields["V"]), ("E", "53400", "FATAL"))
+        self.assertIn("max_pinned_servers = 0", fields["M"])
+        self.assertEqual(self.server_transport.value(), m.query("DISCARD ALL"))
+
+    def test_pinned_client_leaving_discards_its_state(self):
+        """A pinned client that disconnects: its server runs DISCARD ALL before reuse."""
+        self.client.dataReceived(m.query("declare c cursor with hold for select 1"))
+        self.answer(m.command_complete("DECLARE CURSOR") + m.READY_IDLE)
+        self.answer(check_answer(("p", "a WITH HOLD cursor", None)))
+        self.server_transport.clear()
+        self.client.connectionLost(None)
+        self.assertEqual(self.pool.pinned, 0)
+        self.assertEqual(self.server_transport.value(), m.query("DISCARD ALL"))
 
     def test_copy_error_before_copy_done_releases_the_server(self):
         """The server gives up on a COPY FROM STDIN early (error, ReadyForQuery I): the
@@ -211,7 +304,8 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.client.dataReceived(m.query("set timezone = 'Asia/Tokyo'"))
         self.answer(m.parameter_status("TimeZone", "Asia/Tokyo") + m.command_complete("SET") + m.READY_IDLE)
         self.assertIn(("TimeZone", "Asia/Tokyo"), self.client.wanted)
-        self.answer(m.parameter_status("TimeZone", "UTC") + m.command_complete("RESET") + m.READY_IDLE)
+        self.answer(check_answer(("s", "TimeZone", "Asia/Tokyo")))
+        self.answer(m.parameter_status("TimeZone", "UTC") + m.command_complete("SELECT 1") + m.READY_IDLE)
         self.assertEqual(self.server.pool_state, "idle")
         self.server_transport.clear()
         self.client.dataReceived(m.query("select now()"))
@@ -225,14 +319,62 @@ class TransactionModeTests(LinkTestMixin, SynchronousTestCase):
         self.assertEqual(self.server_transport.value(), m.query("SET \"TimeZone\" = 'Asia/Tokyo'"))
         self.answer(m.parameter_status("TimeZone", "Asia/Tokyo") + m.command_complete("SET") + m.READY_IDLE)
         self.answer(m.command_complete("PREPARE") + m.READY_IDLE)
-        self.assertEqual(self.server.pool_state, "used")
-        self.answer(m.command_complete("DEALLOCATE ALL") + m.READY_IDLE)
+        self.assertEqual(self.server.pool_state, "active")
+        self.answer(check_answer(("s", "TimeZone", "Asia/Tokyo")))
         self.assertEqual(self.server.pool_state, "idle")
         self.server_transport.clear()
         client = self.newClient()
         self.assertEqual(self.server_transport.value(), b"")
         client.dataReceived(m.query("select 1"))
         self.assertEqual(self.server_transport.value(), m.query('RESET "TimeZone"'))
+
+    def test_idle_transaction_timeout_keeps_the_client(self):
+        """The sweep rolls back a transaction idle too long and gives the server back; the
+        client's next request, fed byte by byte, is skipped up to its Sync and answered with
+        one 25P03 and ReadyForQuery idle; what follows is served."""
+        self.client.dataReceived(m.query("begin"))
+        self.answer(IN_TX)
+        self.server_transport.clear()
+        self.client.check_timeouts(self.clock.seconds() + 5, 0, 1.0, 0, 0)
+        self.assertEqual(self.server_transport.value(), m.query("ROLLBACK"))
+        self.answer(m.command_complete("ROLLBACK") + m.READY_IDLE)
+        self.assertEqual((self.client.phase, self.server.pool_state), (IDLE, "idle"))
+        self.assertEqual(self.pool.timeouts["idle_transaction"], 1)
+        self.client.transport.clear()
+        request = m.message(b"P", b"\x00select 1\x00\x00\x00") + m.message(b"B", b"\x00\x00" + b"\x00" * 6) + m.SYNC
+        for i in range(len(request)):
+            self.client.dataReceived(request[i : i + 1])
+        [(e, body), (z, status)] = _messages(self.client.transport.value())
+        self.assertEqual((e, m.parse_error_fields(body)["C"], z, status), ("E", "25P03", "Z", b"I"))
+        self.server_transport.clear()
+        self.client.dataReceived(m.query("select 1"))
+        self.assertEqual(self.server_transport.value(), m.query("select 1"))
+
+    def test_client_idle_timeout_counts_from_the_last_transaction(self):
+        """client_idle_timeout counts from the end of the client's last transaction, one
+        that needed the session check too, not from its login."""
+        self.clock.advance(100)
+        self.server.last_used = self.clock.seconds()
+        self.client.dataReceived(m.query("set work_mem = '1MB'"))
+        self.answer(m.command_complete("SET") + m.READY_IDLE)
+        self.answer(check_answer(("s", "work_mem", "1MB")))
+        self.assertEqual(self.client.phase, IDLE)
+        self.client.check_timeouts(self.clock.seconds() + 0.5, 0, 0, 0, 1.0)
+        self.assertEqual(self.client.phase, IDLE)
+        self.client.check_timeouts(self.clock.seconds() + 2, 0, 0, 0, 1.0)
+        self.assertEqual(self.client.phase, CLOSED)
+        [(kind, body)] = _messages(self.client.transport.value())[-1:]
+        self.assertEqual((kind, m.parse_error_fields(body)["C"]), ("E", "57P05"))
+
+    def test_query_timeout_cancels_once(self):
+        """A query past query_timeout is cancelled once, whatever the number of sweeps."""
+        cancelled = []
+        self.factory.canceller = cancelled.append
+        self.client.dataReceived(m.query("select pg_sleep(10)"))
+        for later in (2, 3, 4):
+            self.client.check_timeouts(self.clock.seconds() + later, 1.0, 0, 0, 0)
+        self.assertEqual(cancelled, [self.server])
+        self.assertEqual(self.pool.timeouts["query"], 1)
 
     def test_waiting_client_input_is_capped(self):
         """A client that keeps sending while it waits for a server is no longer read past a
@@ -457,6 +599,25 @@ class ConnectionLogTests(LinkTestMixin, SynchronousTestCase):
         lines = self.logged("")
         self.assertTrue(any("logged in" in line for line in lines), lines)
         self.assertTrue(any("disconnected" in line for line in lines), lines)
+
+    def test_refused_login(self):
+        """A wrong password is logged with the peer, user, database and why, and no
+        password."""
+        from twisted.logger import capturedLogs, formatEvent
+
+        client = self.factory.buildProtocol(None)
+        transport = StringTransport()
+        client.makeConnection(transport)
+        scram = ScramClient("not-the-password")
+        with capturedLogs() as events:
+            client.dataReceived(m.startup_message({"user": "u", "database": "db"}))
+            transport.clear()
+            client.dataReceived(m.sasl_initial_response(SCRAM_MECHANISM, scram.client_first()))
+            [(_, body)] = _messages(transport.value())
+            client.dataReceived(m.sasl_response(scram.handle_server_first(m.parse_auth(body)[1])))
+        [line] = [formatEvent(e) for e in events if "refused" in formatEvent(e)]
+        self.assertIn("login of user u to database db refused: wrong password", line)
+        self.assertNotIn("not-the-password", line)
 
     def test_switched_off(self):
         """Neither is logged when both keys are false."""

@@ -22,6 +22,7 @@ class FakeServer:
     """
 
     _ids = itertools.count(1)
+    lifetime = None
 
     def __init__(self) -> None:
         self.id = next(self._ids)
@@ -37,9 +38,14 @@ class FakeServer:
         self.params = {"server_version": "15.0"}
         self.cancels = 0
         self.when_cancelled = None
+        self.synced = None
 
     def __repr__(self) -> str:
         return f"<FakeServer #{self.id} {self.pool_state}>"
+
+    def in_sync(self, wanted) -> bool:
+        """Whether the test said this server holds C{wanted}'s settings."""
+        return self.synced == wanted
 
     def needs_cleanup(self) -> bool:
         """Whether the test marked this server dirty."""
@@ -234,6 +240,18 @@ class LeaseTests(PoolTestMixin, SynchronousTestCase):
         self.assertIs(pool.try_lease(), servers[2])
         self.assertIs(self.successResultOf(lease(pool)), servers[1])
         self.assertIs(pool.try_lease(), servers[0])
+
+    def test_affinity(self) -> None:
+        """A client whose settings the first choice does not hold gets an idle server that
+        holds them, if one of the next few does; else the first choice."""
+        pool = self.make_pool(size=3)
+        servers = [self.lease_server() for _ in range(3)]
+        for server in servers:
+            pool.release(server)
+        servers[0].synced = "a"
+        self.assertIs(pool.try_lease("a"), servers[0])
+        self.assertIs(pool.try_lease("b"), servers[2])
+        self.assertConsistent(servers)
 
     def test_roundRobin(self) -> None:
         """With C{round_robin} the least recently returned idle server is handed out first."""
@@ -793,6 +811,18 @@ class UpkeepTests(PoolTestMixin, SynchronousTestCase):
         self.clock.advance(42)
         self.assertEqual(pool.maintain(), 2)
         self.assertTrue(all(s.closes == 1 for s in servers))
+
+    def test_a_server_with_its_own_lifetime(self):
+        """A server with its own lifetime (one on a Patroni fallback member) closes after
+        it, whatever the pool's."""
+        pool = self.make_pool(size=2, lifetime=1000, min_size=2)
+        pool.maintain()
+        short, other = self.connector.succeed(), self.connector.succeed()
+        short.lifetime = 10
+        pool.min_size = 0
+        self.clock.advance(13)
+        self.assertEqual(pool.maintain(), 1)
+        self.assertEqual((short.closes, other.closes), (1, 0))
 
     def test_active_servers_are_never_closed(self):
         """A server in use outlives its lifetime until it is back in the pool."""

@@ -17,6 +17,7 @@ from pgdoorman.session.prepared import (
     PoolStatements,
     client_error,
     interner,
+    plan_changed,
     planner_key,
 )
 
@@ -74,6 +75,29 @@ class PoolStatementsTests(SynchronousTestCase):
         self.assertEqual(statement.parse, m.message(b"P", statement.name + b"\x00select 1\x00\x00\x00"))
 
 
+class PlanChangedTests(SynchronousTestCase):
+    """L{plan_changed}: what was Bound when PostgreSQL said a plan changed result type."""
+
+    def test_bound_statements_leave_the_pool(self):
+        """Each statement Bound in the failing requests leaves the pool's cache (once, if
+        bound twice): the next Parse of its text gets a new statement; clients keep theirs."""
+        pool = PoolStatements(10)
+        view = ClientStatements(pool)
+        first = pool.get(b"select * from t", b"\x00\x00", "named")
+        other = pool.get(b"select 2", b"\x00\x00", "named")
+
+        class Lease:
+            bound = [first, first, other]
+
+        lease = Lease()
+        lease.view = view
+        self.assertEqual(plan_changed(lease), 2)
+        self.assertEqual(lease.bound, [])
+        fresh = pool.get(b"select * from t", b"\x00\x00", "named")
+        self.assertIsNot(fresh, first)
+        self.assertNotEqual(fresh.name, first.name)
+
+
 class ClientStatementsTests(SynchronousTestCase):
     """A client's names mapped to pool statements."""
 
@@ -108,13 +132,41 @@ class ClientStatementsTests(SynchronousTestCase):
         self.assertIs(self.client.translate(ord("B"), b"\x00\x00x")[1], second)
         self.assertIsNot(first, second)
 
-    def test_failed_unnamed_parse_keeps_the_earlier_one(self):
-        """An unnamed Parse that fails (or is skipped) leaves the client's earlier unnamed
-        statement in place, as PostgreSQL does."""
+    def test_skipped_unnamed_parse_keeps_the_earlier_one(self):
+        """An unnamed Parse that PostgreSQL skipped leaves the client's earlier unnamed
+        statement in place; one that ran and failed leaves none (PostgreSQL drops the
+        unnamed statement as it starts an unnamed Parse)."""
         _, first, _ = self.client.translate(ord("P"), b"\x00select 1\x00\x00\x00")
-        _, second, _ = self.client.translate(ord("P"), b"\x00selec 2\x00\x00\x00")
-        self.client.forget(b"", second)
+        _, second, change = self.client.translate(ord("P"), b"\x00selec 2\x00\x00\x00")
+        self.client.forget(change, second)
         self.assertIs(self.client.anonymous, first)
+        _, third, change = self.client.translate(ord("P"), b"\x00selec 3\x00\x00\x00")
+        self.client.forget(change, third, ran=True)
+        self.assertIsNone(self.client.anonymous)
+
+    def test_skipped_unnamed_changes_undo_exactly_themselves(self):
+        """A skipped group of unnamed Parses (one text twice) and a Close leaves the unnamed
+        statement from before the group; a later change that went through stays."""
+        self.client.translate(ord("P"), b"\x00select 1\x00\x00\x00")
+        before = self.client.anonymous
+        skipped = [
+            self.client.translate(ord("P"), b"\x00select 2\x00\x00\x00"),
+            self.client.translate(ord("P"), b"\x00select 3\x00\x00\x00"),
+            self.client.translate(ord("P"), b"\x00select 2\x00\x00\x00"),
+        ]
+        close = self.client.translate(ord("C"), b"S\x00")
+        _, later, _ = self.client.translate(ord("P"), b"\x00select 4\x00\x00\x00")
+        for _, statement, change in skipped:
+            self.client.forget(change, statement)
+        self.assertIs(self.client.anonymous, later)
+        self.client.undeallocate(close[3], close[2])
+        self.assertIs(self.client.anonymous, later)
+        self.client.drop_anonymous()
+        self.client.translate(ord("P"), b"\x00select 5\x00\x00\x00")
+        _, statement, change = self.client.translate(ord("P"), b"\x00select 6\x00\x00\x00")
+        self.client.forget(change, statement)
+        self.assertEqual(self.client.anonymous.query, b"select 5")
+        self.assertIsNot(before, later)
 
     def test_deallocate(self):
         """DEALLOCATE name drops one name, DEALLOCATE ALL every one."""
@@ -168,6 +220,32 @@ class ClientStatementsTests(SynchronousTestCase):
         renamed = client_error(missing[5:], self.client, [])
         self.assertEqual(m.parse_error_fields(renamed[5:])["M"], "unnamed prepared statement does not exist")
         self.assertIsNone(client_error(m.error_response("42601", "syntax error")[5:], self.client, []))
+
+    def _bind_error(self, statement) -> str:
+        """The message of PostgreSQL's too-few-parameters error for C{statement}, renamed."""
+        text = f'bind message supplies 0 parameters, but prepared statement "{statement.name.decode()}" requires 1'
+        renamed = client_error(m.error_response("08P01", text, "ERROR")[5:], self.client, [])
+        return m.parse_error_fields(renamed[5:])["M"]
+
+    def test_errors_in_flight_name_what_was_let_go(self):
+        """An error on its way for a Bind sent before the client let the statement go (a
+        pipelined Close or DEALLOCATE, later unnamed Parses, a pipeline longer than the
+        memory's bound, which keeps that many) still names the client's statement; once everything is answered
+        (L{ClientStatements.settled}) nothing is remembered."""
+        _, a, _ = self.client.translate(ord("P"), b"a\x00select $1::int\x00\x00\x00")
+        self.client.deallocate_item(b"a")
+        _, first, _ = self.client.translate(ord("P"), b"\x00select $1::int * 2\x00\x00\x00")
+        for n in range(ClientStatements.FORGOTTEN):
+            self.client.translate(ord("P"), b"n%d\x00select %d\x00\x00\x00" % (n, n))
+            self.client.translate(ord("C"), b"Sn%d\x00" % n)
+        self.assertEqual(self._bind_error(a), 'bind message supplies 0 parameters, but prepared statement "a" requires 1')
+        for n in range(4 * ClientStatements.FORGOTTEN):
+            self.client.translate(ord("P"), b"\x00select %d\x00\x00\x00" % n)
+        self.assertEqual(self._bind_error(first), 'bind message supplies 0 parameters, but prepared statement "" requires 1')
+        self.assertLessEqual(len(self.client.forgotten), 2 * ClientStatements.FORGOTTEN)
+        self.assertLessEqual(self.client.depth, 2 * ClientStatements.FORGOTTEN)
+        self.client.settled()
+        self.assertEqual((len(self.client.forgotten), self.client.depth), (0, 1))
 
     def test_planner_settings_in_key(self):
         """Clients whose startup planner settings differ never share a statement."""

@@ -58,3 +58,31 @@ class PoolerReactorTests(SynchronousTestCase):
         self.assertEqual(seen, [])
         self.assertEqual(len(ended), 1)
         self.assertEqual(len(self.flushLoggedErrors(RuntimeError)), 1)
+
+
+class WorkerReactorTests(SynchronousTestCase):
+    """A worker process runs PoolerReactor, though its modules import Twisted code that
+    would install the default reactor."""
+
+    def test_worker_entry_point_installs_it_first(self):
+        """C{python -m pgdoorman.workers} (here with --help, which stops it before it
+        needs a supervisor) has PoolerReactor installed."""
+        import os
+        import subprocess
+        import sys
+
+        import pgdoorman
+
+        probe = (
+            "import runpy, sys\n"
+            "sys.argv = ['pgdoorman.workers', '--help']\n"
+            "try:\n"
+            "    runpy.run_module('pgdoorman.workers', run_name='__main__')\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "from twisted.internet import reactor\n"
+            "print(type(reactor).__name__)\n"
+        )
+        env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(pgdoorman.__file__))))
+        out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+        self.assertEqual(out.stdout.strip().splitlines()[-1], "PoolerReactor", out.stderr)

@@ -1,6 +1,6 @@
 """Tests for L{pgdoorman.pool.registry}."""
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -8,11 +8,12 @@ from pgdoorman.auth.credentials import ServerCredentials
 from pgdoorman.config import loads
 from pgdoorman.pool.pool import Pool, PoolClosed
 from pgdoorman.pool.registry import PoolRegistry
-from pgdoorman.protocol.auth import ScramSecret, parse_scram_verifier, scram_verifier
+from pgdoorman.protocol.auth import ScramSecret, parse_scram_verifier, scram_client_key, scram_verifier
 from pgdoorman.protocol.errors import PgError
-from pgdoorman.session.client_login import Account
+from pgdoorman.session.client_login import LOOKUP, Account
 
 from .pooltest import lease
+from .test_pool import FakeServer
 
 MD5 = "md5" + "0123456789abcdef" * 2
 SCRAM = (
@@ -58,6 +59,11 @@ server_password = "server-secret"
 username = "md5user"
 password = "{MD5}"
 pool_size = 7
+
+[[pools.other.users]]
+username = "nopass"
+password = ""
+pool_size = 1
 """
 
 
@@ -150,6 +156,44 @@ class PoolTests(RegistryTestMixin, SynchronousTestCase):
         self.assertFalse(registry.running)
 
 
+class CoordinatorRegistryTests(SynchronousTestCase):
+    """A pool section with max_db_connections has one coordinator for all its users."""
+
+    def test_shared_and_kept_across_reload(self) -> None:
+        """Both users' pools share the coordinator; a RELOAD that changes its settings
+        replaces the pools but keeps the coordinator and the permits its servers hold; one
+        that drops max_db_connections drops it."""
+        text = CONFIG.replace("{general}", "").replace(
+            '[pools.db]\nserver_database = "realdb"', '[pools.db]\nserver_database = "realdb"\nmax_db_connections = 3'
+        )
+        connects: list = []
+
+        def connect(pool_config, user_config, credentials) -> Deferred:
+            d: Deferred = Deferred()
+            connects.append(d)
+            return d
+
+        registry = PoolRegistry(loads(text), connect=connect, clock=Clock())
+        md5, scram = registry.pool("db", "md5user"), registry.pool("db", "scramuser")
+        coordinator = registry.coordinators["db"]
+        self.assertIs(md5.coordinator, coordinator)
+        self.assertIs(scram.coordinator, coordinator)
+        self.assertIsNone(registry.pool("other", "md5user").coordinator)
+        held = lease(md5)
+        connects.pop().callback(FakeServer())
+        server = self.successResultOf(held)
+        self.assertEqual(coordinator.total, 1)
+        registry.reload(loads(text.replace("max_db_connections = 3", "max_db_connections = 2")))
+        self.assertIs(registry.coordinators["db"], coordinator)
+        self.assertEqual((coordinator.max_connections, coordinator.total), (2, 1))
+        self.assertIsNot(registry.pool("db", "md5user"), md5)
+        md5.release(server)
+        self.assertEqual(coordinator.total, 0)
+        registry.reload(loads(text.replace("max_db_connections = 3", "")))
+        self.assertEqual(registry.coordinators, {})
+        self.assertIsNone(registry.pool("db", "md5user").coordinator)
+
+
 class CredentialsTests(RegistryTestMixin, SynchronousTestCase):
     """L{PoolRegistry.credentials}: how the pooler logs in to PostgreSQL for each user."""
 
@@ -236,13 +280,16 @@ class AccountTests(RegistryTestMixin, SynchronousTestCase):
 
     def test_kinds(self) -> None:
         """md5 hashes are checked with MD5, verifiers and plaintext passwords with SCRAM, the
-        console's password with MD5; unknown users get None, unknown databases 3D000."""
+        console's password with MD5 (or SCRAM, for a scram-sha-256 pg_hba line); a user
+        without a password has method none; unknown users get None, unknown databases 3D000."""
         registry = self.make_registry()
         self.assertEqual(registry.account("db", "md5user"), Account("md5", MD5))
         self.assertEqual(registry.account("db", "scramuser").method, "scram")
         self.assertEqual(registry.account("db", "plainuser").method, "scram")
+        self.assertEqual(registry.account("other", "nopass"), Account("none", None))
         admin = registry.account("pgbouncer", "admin")
         self.assertEqual((admin.method, admin.admin), ("md5", True))
+        self.assertIsNotNone(scram_client_key(admin.scram, "admin-secret"))
         self.assertIsNone(registry.account("db", "nobody"))
         self.assertIsNone(registry.account("pgdoorman", "md5user"))
         error = self.assertRaises(PgError, registry.account, "nodb", "md5user")
@@ -255,3 +302,91 @@ class AccountTests(RegistryTestMixin, SynchronousTestCase):
         other = "md5" + "f" * 32
         registry.reload(loads(CONFIG.replace("{general}", "").replace(MD5, other)))
         self.assertEqual(registry.account("db", "md5user"), Account("md5", other))
+
+
+AQ_CONFIG = """
+[general]
+host = "127.0.0.1"
+port = 6432
+admin_username = "admin"
+admin_password = "pw"
+
+[pools.aq]
+server_host = "127.0.0.1"
+server_port = 5432
+
+[pools.aq.auth_query]
+query = "select passwd from lookup($1)"
+user = "lookup"
+pool_size = 4
+{extra}
+"""
+
+
+class AuthQueryRegistryTests(SynchronousTestCase):
+    """Users a pool's auth_query finds: their accounts, pools, shared pool, GC, reload."""
+
+    def make_registry(self, extra: str = "") -> PoolRegistry:
+        """A registry whose pool C{aq} looks users up; every executor answers C{MD5}."""
+        self.clock = Clock()
+        executor = _Executor()
+
+        def connect(pool_config, user_config, credentials) -> Deferred:
+            return succeed(executor)
+
+        self.registry = PoolRegistry(loads(AQ_CONFIG.format(extra=extra)), connect=connect, clock=self.clock)
+        return self.registry
+
+    def found(self, user: str = "alice"):
+        """Look C{user} up (it has secret C{MD5}); return its account."""
+        registry = self.registry
+        self.assertIs(registry.account("aq", user), LOOKUP)
+        out: list = []
+        registry.look_up("aq", user).addCallback(out.append)
+        return out[0]
+
+    def test_passthrough(self):
+        """A found user's account is cached; its pool is its own, sized by the auth_query
+        section, logging in with the found secret; with no server left the janitor drops
+        the pool, and the next lease makes a new one."""
+        registry = self.make_registry()
+        self.assertEqual(self.found().secret, MD5)
+        self.assertEqual(registry.account("aq", "alice").secret, MD5)
+        pool = registry.pool("aq", "alice")
+        self.assertEqual((pool.name, pool.size), (("aq", "alice"), 4))
+        self.assertEqual(registry.credentials("aq", "alice"), ServerCredentials("alice", md5=MD5))
+        self.assertEqual([p.name for _, _, p in registry.looked_up_pools()], [("aq", "alice")])
+        registry.maintain()
+        self.assertNotIn(("aq", "alice"), registry.pools)
+        stats = registry.auth_query("aq").stats
+        self.assertEqual((stats.dynamic_pools_created, stats.dynamic_pools_destroyed), (1, 1))
+        self.assertIsNot(registry.pool("aq", "alice"), pool)
+
+    def test_dedicated(self):
+        """With server_user, every found user shares the pool of that role."""
+        registry = self.make_registry('server_user = "backend"\nserver_password = "pw-b"')
+        self.found("alice")
+        self.found("bob")
+        self.assertIs(registry.pool("aq", "alice"), registry.pool("aq", "bob"))
+        self.assertEqual(registry.pool("aq", "bob").name, ("aq", "backend"))
+        self.assertEqual(registry.credentials("aq", "bob"), ServerCredentials("backend", password="pw-b"))
+
+    def test_reload(self):
+        """RELOAD keeps the lookups and pools when the pool's settings stay; a changed
+        auth_query starts afresh."""
+        registry = self.make_registry()
+        self.found()
+        pool = registry.pool("aq", "alice")
+        registry.reload(loads(AQ_CONFIG.format(extra="")))
+        self.assertIs(registry.pool("aq", "alice"), pool)
+        registry.reload(loads(AQ_CONFIG.format(extra="workers = 3")))
+        self.assertTrue(pool.closed)
+        self.assertIs(registry.account("aq", "alice"), LOOKUP)
+
+
+class _Executor(FakeServer):
+    """An executor connection that finds every user with secret C{MD5}."""
+
+    def fetch(self, sql: str, params: list) -> Deferred:
+        """Answer at once."""
+        return succeed((["passwd"], [[MD5]]))

@@ -33,7 +33,7 @@ class ServiceTreeTests(SynchronousTestCase):
     def test_children(self):
         """pools, janitor, stats and listener, in that order (listener stops first)."""
         _, top = self.build()
-        self.assertEqual([s.name for s in top], ["pools", "janitor", "stats", "listener"])
+        self.assertEqual([s.name for s in top], ["pools", "janitor", "stats", "timeouts", "listener"])
 
     def test_listener_and_prewarm(self):
         """Starting listens on the configured address and opens min_pool_size servers."""

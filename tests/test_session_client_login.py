@@ -1,10 +1,12 @@
 """Unit tests for L{pgdoorman.session.client_login}: a client's login as one state machine,
 each client message fed whole, one byte at a time, and with trailing data."""
 
+import ipaddress
 import struct
 
 from twisted.trial.unittest import SynchronousTestCase
 
+from pgdoorman.auth.hba import parse as parse_hba
 from pgdoorman.protocol import messages as m
 from pgdoorman.protocol.auth import (
     SCRAM_MECHANISM,
@@ -17,11 +19,13 @@ from pgdoorman.protocol.auth import (
 from pgdoorman.protocol.errors import PgError
 from pgdoorman.protocol.framing import ALL_TYPES, Framer
 from pgdoorman.session.client_login import (
+    LOOKUP,
     MAX_AUTH_MESSAGE,
     Account,
     Cancel,
     ClientLogin,
     LoggedIn,
+    LookUp,
     Refused,
     Started,
     StartTLS,
@@ -31,7 +35,10 @@ SALT = b"salt"
 ACCOUNTS = {
     ("db", "md5user"): Account("md5", md5_hash("md5user", "secret")),
     ("db", "scramuser"): Account("scram", parse_scram_verifier(scram_verifier("secret"))),
-    ("pgdoorman", "admin"): Account("md5", md5_hash("admin", "adm"), admin=True),
+    ("db", "nopass"): Account("none", None),
+    ("pgdoorman", "admin"): Account(
+        "md5", md5_hash("admin", "adm"), admin=True, scram=parse_scram_verifier(scram_verifier("adm"))
+    ),
 }
 QUERY = m.query("select 1")
 
@@ -57,8 +64,15 @@ def _messages(items: list) -> list:
 class Conversation:
     """Drive a L{ClientLogin}, feeding each client message whole or byte by byte."""
 
-    def __init__(self, how: str, tls: str = "none") -> None:
-        self.login = ClientLogin(accounts, salt=lambda: SALT, tls=tls, peer="10.1.2.3")
+    def __init__(self, how: str, tls: str = "none", hba: "str | None" = None, local: bool = False) -> None:
+        self.login = ClientLogin(
+            accounts,
+            salt=lambda: SALT,
+            tls=tls,
+            peer="[local]" if local else "10.1.2.3",
+            hba=None if hba is None else parse_hba(hba),
+            address=None if local else ipaddress.ip_address("10.1.2.3"),
+        )
         self.how = how
 
     def send(self, data: bytes) -> list:
@@ -195,6 +209,175 @@ class LoginTests(SynchronousTestCase):
         self.assertEqual([k for k, _ in _messages(out)], ["R", "R"])
 
 
+def scram(c: Conversation, startup: dict, password: str):
+    """Log in with SCRAM as C{startup} says; return the last item and the salt offered."""
+    client = ScramClient(password)
+    out = c.send(m.startup_message(startup))
+    assert out[-1] == m.auth_sasl([SCRAM_MECHANISM]), out
+    [(_, body)] = _messages(c.send(m.sasl_initial_response(SCRAM_MECHANISM, client.client_first())))
+    server_first = m.parse_auth(body)[1]
+    salt = dict(part.split(b"=", 1) for part in server_first.split(b","))[b"s"]
+    out = c.send(m.sasl_response(client.handle_server_first(server_first)))
+    last = out[-1]
+    return (last.error if isinstance(last, Refused) else last), salt
+
+
+class HbaTests(SynchronousTestCase):
+    """pg_hba rules decide before any password, with PostgreSQL's words."""
+
+    def test_no_line(self):
+        """No matching line: 28000 naming host, user, database and the encryption."""
+        c = Conversation("whole", hba="host all bob all md5")
+        [_, refused] = c.send(m.startup_message({"user": "md5user", "database": "db"}))
+        self.assertEqual(
+            (refused.error.sqlstate, refused.error.message),
+            ("28000", 'no pg_hba.conf entry for host "10.1.2.3", user "md5user", database "db", no encryption'),
+        )
+
+    def test_reject(self):
+        """A reject line: 28000, and no password is asked for."""
+        c = Conversation("whole", hba="local all all trust\nhost db all 10.0.0.0/8 reject\nhost all all all md5")
+        [_, refused] = c.send(m.startup_message({"user": "md5user", "database": "db"}))
+        self.assertEqual(
+            (refused.error.sqlstate, refused.error.message),
+            ("28000", 'pg_hba.conf rejects connection for host "10.1.2.3", user "md5user", database "db", no encryption'),
+        )
+
+    def test_trust(self):
+        """A trust line: in at once, with what was pipelined behind the StartupMessage."""
+        c = Conversation("whole", hba="local all all trust", local=True)
+        out = c.send(m.startup_message({"user": "scramuser", "database": "db"}) + QUERY)
+        self.assertEqual(out[1:], [m.AUTH_OK, LoggedIn(out[0].params, False, None, QUERY)])
+        c = Conversation("whole", hba="host pgdoorman admin all trust")
+        self.assertEqual(c.send(m.startup_message({"user": "admin", "database": "pgdoorman"}))[-1].admin, True)
+
+    def test_no_password(self):
+        """A user without a password gets in through a trust line only: elsewhere its
+        SCRAM exchange fails as a wrong password's."""
+        c = Conversation("whole", hba="host all all all trust")
+        self.assertIsInstance(c.send(m.startup_message({"user": "nopass", "database": "db"}))[-1], LoggedIn)
+        error, _ = scram(Conversation("whole"), {"user": "nopass", "database": "db"}, "")
+        self.assertEqual(error.sqlstate, "28P01")
+
+    def test_trust_unknown_user(self):
+        """Trust for a user the pooler does not know: PostgreSQL's 'role does not exist'."""
+        c = Conversation("whole", hba="host all all all trust")
+        [_, refused] = c.send(m.startup_message({"user": "nobody", "database": "db"}))
+        self.assertEqual((refused.error.sqlstate, refused.error.message), ("28000", 'role "nobody" does not exist'))
+
+    def test_password(self):
+        """The password method asks for the cleartext password and checks it against an md5
+        hash or a SCRAM secret; from a SCRAM secret it learns the ClientKey."""
+        for user, key_length in (("md5user", None), ("scramuser", 32)):
+            c = Conversation("bytes", hba="host all all all password")
+            self.assertEqual(c.send(m.startup_message({"user": user, "database": "db"}))[1:], [m.auth_cleartext()])
+            out = c.send(m.password_message(b"secret"))
+            self.assertEqual(out[0], m.AUTH_OK)
+            self.assertEqual(None if out[1].client_key is None else len(out[1].client_key), key_length)
+            c = Conversation("whole", hba="host all all all password")
+            c.send(m.startup_message({"user": user, "database": "db"}))
+            [refused] = c.send(m.password_message(b"wrong"))
+            self.assertEqual(refused.error.sqlstate, "28P01")
+        c = Conversation("whole", hba="host all all all password")
+        c.send(m.startup_message({"user": "nobody", "database": "db"}))
+        self.assertEqual(c.send(m.password_message(b"secret"))[0].error.sqlstate, "28P01")
+
+    def test_md5_line(self):
+        """An md5 line asks an md5 account for MD5 and a SCRAM account for SCRAM, as
+        PostgreSQL does."""
+        c = Conversation("whole", hba="host all all all md5")
+        self.assertEqual(c.send(m.startup_message({"user": "md5user", "database": "db"}))[1:], [m.auth_md5(SALT)])
+        c = Conversation("whole", hba="host all all all md5")
+        self.assertIsInstance(scram(c, {"user": "scramuser", "database": "db"}, "secret")[0], LoggedIn)
+
+    def test_scram_line(self):
+        """A scram-sha-256 line: SCRAM for everyone; an md5 account cannot pass it (its
+        exchange fails as a wrong password's), the admin can (its password is known)."""
+        c = Conversation("whole", hba="host all all all scram-sha-256")
+        error, _ = scram(c, {"user": "md5user", "database": "db"}, "secret")
+        self.assertEqual(error.sqlstate, "28P01")
+        c = Conversation("whole", hba="host all all all scram-sha-256")
+        self.assertIsInstance(scram(c, {"user": "admin", "database": "pgdoorman"}, "adm")[0], LoggedIn)
+
+    def test_tls_lines(self):
+        """hostssl matches once the login is inside TLS; the refusal says so."""
+        c = Conversation("whole", tls="offer", hba="hostnossl all all all reject")
+        self.assertEqual(c.send(m.ssl_request()), [b"S", StartTLS()])
+        [_, refused] = c.send(m.startup_message({"user": "md5user", "database": "db"}))
+        self.assertEqual(
+            refused.error.message,
+            'no pg_hba.conf entry for host "10.1.2.3", user "md5user", database "db", SSL encryption',
+        )
+
+
+class ReasonTests(SynchronousTestCase):
+    """Each refusal of a connection says why, as PgDoorman's listener rejections count."""
+
+    def reason(self, data: bytes, **kwargs) -> "str | None":
+        """The reason of the refusal C{data} ends in."""
+        out = Conversation("whole", **kwargs).send(data)
+        self.assertIsInstance(out[-1], Refused, out)
+        return out[-1].reason
+
+    def test_reasons(self):
+        """hba, tls_required, invalid_startup, protocol_error; none for a refused password."""
+        startup = m.startup_message({"user": "md5user", "database": "db"})
+        self.assertEqual(self.reason(startup, hba="host all bob all md5"), "hba")
+        self.assertEqual(self.reason(startup, hba="host all all all reject"), "hba")
+        self.assertEqual(self.reason(startup, tls="require"), "tls_required")
+        self.assertEqual(self.reason(struct.pack("!ii", 8, 0)), "invalid_startup")
+        self.assertEqual(self.reason(m.ssl_request() + startup), "protocol_error")
+        c = Conversation("whole")
+        c.send(startup)
+        [refused] = c.send(m.password_message(b"md5" + b"0" * 32))
+        self.assertIsNone(refused.reason)
+
+
+class LookUpTests(SynchronousTestCase):
+    """An account that must be looked up first (auth_query)."""
+
+    def login(self):
+        """A login whose directory says LOOKUP for user C{late}."""
+
+        def lookup_accounts(database, user):
+            return LOOKUP if user == "late" else accounts(database, user)
+
+        return ClientLogin(lookup_accounts, salt=lambda: SALT, peer="10.1.2.3")
+
+    def test_resolved(self):
+        """The login says L{LookUp} and waits; the answer goes on with the challenge for
+        it. What the client sent meanwhile is read after the challenge."""
+        account = Account("md5", md5_hash("late", "secret"), looked_up=True)
+        login = self.login()
+        out = login.receive(m.startup_message({"user": "late", "database": "db"}))
+        self.assertEqual(out[1:], [LookUp("db", "late")])
+        self.assertEqual(login.resolved(account), [m.auth_md5(SALT)])
+        self.assertTrue(login.account.looked_up)
+        login = self.login()
+        login.receive(m.startup_message({"user": "late", "database": "db"}))
+        self.assertEqual(login.receive(QUERY), [])
+        challenge, refused = login.resolved(account)
+        self.assertEqual(refused.error.sqlstate, "08P01")
+
+    def test_not_found(self):
+        """No such user: the same doomed SCRAM exchange as for any unknown user."""
+        login = self.login()
+        login.receive(m.startup_message({"user": "late", "database": "db"}))
+        self.assertEqual(login.resolved(None), [m.auth_sasl([SCRAM_MECHANISM])])
+
+    def test_failed_and_bounded(self):
+        """A lookup that fails refuses with its error; a client sending more than an
+        authentication message's worth while it waits is refused."""
+        login = self.login()
+        login.receive(m.startup_message({"user": "late", "database": "db"}))
+        [refused] = login.lookup_failed(PgError("58000", 'could not look up user "late"'))
+        self.assertEqual(refused.error.sqlstate, "58000")
+        login = self.login()
+        login.receive(m.startup_message({"user": "late", "database": "db"}))
+        [refused] = login.receive(b"x" * (MAX_AUTH_MESSAGE + 1))
+        self.assertEqual(refused.error.sqlstate, "08P01")
+
+
 class RefusalTests(SynchronousTestCase):
     """Every refusal is one L{Refused} with PostgreSQL's SQLSTATE, then nothing more."""
 
@@ -219,9 +402,34 @@ class RefusalTests(SynchronousTestCase):
             self.assertEqual((error.sqlstate, error.message), ("28P01", 'password authentication failed for user "md5user"'))
 
     def test_unknown_user(self):
-        """No such user: 28P01 at once, like a wrong password (no user enumeration)."""
-        error = self.refused(m.startup_message({"user": "nobody", "database": "db"}))
-        self.assertEqual(error.sqlstate, "28P01")
+        """No such user: a SCRAM exchange like any user's, then 28P01 like a wrong
+        password's (nothing tells the user does not exist); its salt does not change from
+        one try to the next."""
+        salts = []
+        for password in ("secret", "other"):
+            c = Conversation("whole")
+            error, salt = scram(c, {"user": "nobody", "database": "db"}, password)
+            self.assertEqual((error.sqlstate, error.message), ("28P01", 'password authentication failed for user "nobody"'))
+            salts.append(salt)
+        self.assertEqual(salts[0], salts[1])
+        _, other = scram(Conversation("whole"), {"user": "nobody2", "database": "db"}, "x")
+        self.assertNotEqual(other, salts[0])
+
+    def test_the_log_says_why(self):
+        """The client hears PostgreSQL's words only; L{Refused.why}, for the log, tells a
+        wrong password from a user that does not exist, and carries no secret."""
+        c = Conversation("whole")
+        c.send(m.startup_message({"user": "md5user", "database": "db"}))
+        [refused] = c.send(m.password_message(md5_response(md5_hash("md5user", "wrong"), SALT)))
+        self.assertEqual(refused.why, "wrong password (md5 mismatch)")
+        c = Conversation("whole")
+        client = ScramClient("guess")
+        c.send(m.startup_message({"user": "nobody", "database": "db"}))
+        [(_, body)] = _messages(c.send(m.sasl_initial_response(SCRAM_MECHANISM, client.client_first())))
+        out = c.send(m.sasl_response(client.handle_server_first(m.parse_auth(body)[1])))
+        self.assertEqual(out[-1].why, "no such user")
+        refused = Conversation("whole").send(m.startup_message({"user": "md5user", "database": "nodb"}))[-1]
+        self.assertEqual(refused.why, refused.error.message)
 
     def test_unknown_database(self):
         """No such database: the directory's 3D000."""

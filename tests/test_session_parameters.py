@@ -73,7 +73,7 @@ class SyncPlanTests(SynchronousTestCase):
     def test_set_and_reset(self):
         """What differs is SET; what an earlier client had SET and this one does not want is RESET."""
         sql, applied = sync_plan(frozenset({("TimeZone", "Asia/Tokyo")}), {"search_path": "a"}, LOGIN)
-        self.assertEqual(sql, "SET \"TimeZone\" = 'Asia/Tokyo'; RESET \"search_path\"")
+        self.assertEqual(sql, "RESET \"search_path\"; SET \"TimeZone\" = 'Asia/Tokyo'")
         self.assertEqual(applied, {"TimeZone": "Asia/Tokyo"})
 
     def test_applied_kept(self):

@@ -13,17 +13,19 @@ import hashlib
 import re
 
 import attrs
+from twisted.internet.defer import maybeDeferred
 
 from .. import __version__
 from ..loglevel import logger
-from ..pool.stats import percentile
+from ..pool.pool import TIMEOUT_KINDS
 from ..protocol import messages as m
 from ..protocol.constants import SQLSTATE
 from ..protocol.errors import PgError
 from ..session.prepared import interner
-from .tables import FLOAT8, INT8, TEXT, Column, Table
+from .gather import merge_rows
+from .tables import FLOAT8, INT8, NUMERIC, TEXT, Column, Table, result
 
-__all__ = ["AdminConsole", "Controls"]
+__all__ = ["AdminConsole", "Controls", "gathered", "coordinator_report"]
 
 
 _SHOW = (
@@ -43,6 +45,8 @@ _SHOW = (
     "POOLS_MEMORY",
     "PREPARED_STATEMENTS",
     "INTERNER",
+    "AUTH_QUERY",
+    "POOL_COORDINATOR",
 )
 #: Other spellings PgDoorman accepts.
 _SHOW_ALIASES = {"POOL_MEMORY": "POOLS_MEMORY"}
@@ -60,12 +64,18 @@ class Controls:
     @ivar shutdown: begin a graceful shutdown.
     @ivar get_log_level: the current log level name.
     @ivar set_log_level: set it; raises C{ValueError} for an unknown level.
+    @ivar gather: with workers, C{gather(command)}: a Deferred firing with every worker's
+        L{AdminConsole.report} on the command; C{None} in a single process.
+    @ivar upgrade: begin a binary upgrade: a Deferred of its report (C{pid}, C{migrated},
+        C{waiting}, C{staying}), or a PgError; C{None} where there is none.
     """
 
     reload: object
     shutdown: object
     get_log_level: object
     set_log_level: object
+    gather: object = None
+    upgrade: object = None
 
 
 class AdminConsole:
@@ -83,8 +93,66 @@ class AdminConsole:
         self.factory = factory
         self.controls = controls
 
-    def execute(self, sql: str) -> bytes:
-        """Answer one simple Query: result or ErrorResponse, then ReadyForQuery."""
+    def execute(self, sql: str):
+        """Answer one simple Query: result or ErrorResponse, then ReadyForQuery; with
+        workers, a Deferred of that for commands that report or act on all of them, and for
+        UPGRADE."""
+        if self.controls.upgrade is not None and sql.strip().rstrip(";").strip().upper() == "UPGRADE":
+            return self._upgrade()
+        if self.controls.gather is not None:
+            kind = gathered(sql)
+            if kind is not None:
+                d = self.controls.gather(sql)
+                d.addCallback(self._combined, sql, kind)
+                d.addErrback(self._gather_failed, sql)
+                return d
+        return self.execute_here(sql)
+
+    def _upgrade(self):
+        """UPGRADE: PgDoorman's C{success} column, then the new process's pid and the
+        clients handed over, following when their transaction ends, and finishing here
+        (TLS and session-mode clients, which cannot move)."""
+        d = maybeDeferred(self.controls.upgrade)
+
+        def done(report: dict) -> bytes:
+            row = ["t", report["pid"], report["migrated"], report["waiting"], report["staying"]]
+            return _UPGRADE.render([row], "UPGRADE") + m.READY_IDLE
+
+        def failed(failure) -> bytes:
+            if failure.check(PgError):
+                return failure.value.to_message() + m.READY_IDLE
+            self.log.failure("UPGRADE failed", failure)
+            error = m.error_response(SQLSTATE.INTERNAL_ERROR, "internal error in the admin console")
+            return error + m.READY_IDLE
+
+        return d.addCallbacks(done, failed)
+
+    def report(self, sql: str) -> dict:
+        """This worker's part of the answer to C{sql} (a command L{execute} gathers): its
+        rows of a SHOW table, or its answer to a command that acts."""
+        kind = gathered(sql)
+        if kind is not None and kind[0] == "show":
+            table, rows = getattr(self, "show_" + kind[1].lower())()
+            return {"rows": [[_plain(value) for value in row] for row in table.rows(rows)]}
+        return {"answer": self.execute_here(sql).decode("latin-1")}
+
+    def _combined(self, reports: list, sql: str, kind: tuple) -> bytes:
+        if kind[0] == "show":
+            table = _TABLES[kind[1]]
+            names = [column.name for column in table.columns]
+            rows = merge_rows(names, [report["rows"] for report in reports], _GATHERED[kind[1]])
+            return result(table.description, rows) + m.READY_IDLE
+        answers = [report["answer"].encode("latin-1") for report in reports]
+        # Every worker checked the command alike; an error of any one is the answer.
+        failed = [answer for answer in answers if answer[:1] == b"E"]
+        return (failed or answers or [self.execute_here(sql)])[0]
+
+    def _gather_failed(self, failure, sql: str) -> bytes:
+        self.log.failure("admin command {sql!r} failed across workers", failure, sql=sql)
+        return m.error_response(SQLSTATE.INTERNAL_ERROR, "internal error in the admin console") + m.READY_IDLE
+
+    def execute_here(self, sql: str) -> bytes:
+        """Answer one simple Query from this process alone."""
         try:
             body = self._dispatch(sql)
         except PgError as e:
@@ -100,11 +168,10 @@ class AdminConsole:
             return m.message(b"I")
         words = text.split()
         verb = words[0].upper()
-        if verb == "SHOW" and len(words) == 2:
-            what = _SHOW_ALIASES.get(words[1].upper(), words[1].upper())
-            if what in _SHOW:
-                table, rows = getattr(self, "show_" + what.lower())()
-                return table.render(rows)
+        what = _shown(words)
+        if what in _SHOW:
+            table, rows = getattr(self, "show_" + what.lower())()
+            return table.render(rows)
         if verb == "SHOW" and len(words) == 3 and words[1].upper() == "INTERNER" and words[2].isdigit():
             table, rows = self.show_interner_top(int(words[2]))
             return table.render(rows)
@@ -176,11 +243,14 @@ class AdminConsole:
 
     # -- SHOW: each command returns a Table and its rows
 
-    def _pool_rows(self):
-        """(pool config, user config, live pool or None) for every configured pool user."""
+    def pool_rows(self):
+        """(pool config, user config, live pool or None) for every configured pool user,
+        then for every pool of users auth_query found."""
         for pool_config in self.registry.config.pools.values():
             for user in pool_config.users:
                 yield pool_config, user, self.registry.pools.get((pool_config.name, user.username))
+        for pool_config, user, pool in self.registry.looked_up_pools():
+            yield pool_config, user, pool
 
     def _clients_by_pool(self) -> dict:
         counts: dict = {}
@@ -198,6 +268,7 @@ class AdminConsole:
             "SET log_level = '<level>'",
             "RELOAD",
             "SHUTDOWN",
+            "UPGRADE",
             "PAUSE [db]",
             "RESUME [db]",
             "RECONNECT [db]",
@@ -226,14 +297,14 @@ class AdminConsole:
 
     def show_databases(self):
         """SHOW DATABASES: one row per user x database pool."""
-        return _DATABASES, list(self._pool_rows())
+        return _DATABASES, list(self.pool_rows())
 
     def _pool_values(self) -> list:
         """For every pool user, a dict of everything SHOW POOLS and POOLS_EXTENDED report."""
         clients = self._clients_by_pool()
         now = self.registry.clock.seconds()
         result = []
-        for pool_config, user, pool in self._pool_rows():
+        for pool_config, user, pool in self.pool_rows():
             c = clients.get(pool, {})
             maxwait = pool.maxwait() if pool else 0.0
             stats = pool.stats if pool else None
@@ -254,7 +325,9 @@ class AdminConsole:
                 "maxwait_us": int((maxwait - int(maxwait)) * 1e6),
                 "avg_xact_time": int(stats.averages.get("xact_time", 0)) if stats else 0,
                 "paused": bool(pool and pool.paused),
-                "fallback_active": 0,
+                "fallback_active": int(self.registry.fallback_active(pool_config.name)),
+                "cl_pinned": pool.pinned if pool else 0,
+                **{f"timeout_{kind}": pool.timeouts[kind] if pool else 0 for kind in TIMEOUT_KINDS},
                 "oldest_active_age_ms": int(
                     max((now - s.lease.xact_started for s in pool.active), default=0.0) * 1000
                 )
@@ -264,9 +337,9 @@ class AdminConsole:
                 "bytes_sent": stats.sent if stats else 0,
             }
             for fraction in (0.99, 0.95, 0.5):
-                for kind, series in (("query", "query_times"), ("transaction", "xact_times")):
-                    recent = getattr(stats, series) if stats else ()
-                    values[f"{kind}_{fraction}"] = round(percentile(recent, fraction) * 1000, 3)
+                for kind, series in (("query", "query"), ("transaction", "xact")):
+                    seconds = stats.percentile(series, fraction) if stats else 0.0
+                    values[f"{kind}_{fraction}"] = round(seconds * 1000, 3)
             result.append(values)
         return result
 
@@ -290,6 +363,9 @@ class AdminConsole:
         rows = []
         for pool in self.registry.all_pools():
             servers = list(pool.active) + list(pool.idle) + list(pool.used)
+            listener = self.registry.listeners.get(pool.name)
+            if listener is not None and listener.server is not None:
+                servers.append(listener.server)
             rows += [(server, pool, now) for server in sorted(servers, key=lambda s: s.id)]
         return _SERVERS, rows
 
@@ -363,7 +439,7 @@ class AdminConsole:
     def show_stats(self):
         """SHOW STATS: totals and the averages of the last 15 s period (times in us)."""
         rows = []
-        for pool_config, user, pool in self._pool_rows():
+        for pool_config, user, pool in self.pool_rows():
             s = pool.stats if pool else None
             a = s.averages if s else {}
             row = {"database": pool_config.name, "user": user.username}
@@ -399,7 +475,7 @@ class AdminConsole:
 
     def show_users(self):
         """SHOW USERS: name and pool mode, one row per pool user."""
-        return _USERS, [user for _, user, _ in self._pool_rows()]
+        return _USERS, [user for _, user, _ in self.pool_rows()]
 
     def show_connections(self):
         """SHOW CONNECTIONS: process-wide connection counters."""
@@ -412,6 +488,58 @@ class AdminConsole:
     def show_log_level(self):
         """SHOW LOG_LEVEL."""
         return _LOG_LEVEL, [self.controls.get_log_level()]
+
+    def show_auth_query(self):
+        """SHOW AUTH_QUERY: one row per pool with an auth_query, PgDoorman's columns."""
+        rows = []
+        registry = self.registry
+        live = [pool_config.name for pool_config, _, _ in registry.looked_up_pools()]
+        for name in registry.config.pools:
+            lookups = registry.auth_query(name)
+            if lookups is not None:
+                rows.append((name, lookups, live.count(name)))
+        return _AUTH_QUERY, rows
+
+
+    def show_pool_coordinator(self):
+        """SHOW POOL_COORDINATOR: one row per database with a max_db_connections."""
+        coordinators = self.registry.coordinators
+        return _POOL_COORDINATOR, [coordinators[name] for name in sorted(coordinators)]
+
+
+def gathered(sql: str) -> "tuple | None":
+    """C{("show", TABLE)} or C{("act", VERB)} for a command that, with workers, reports
+    or acts on all of them; C{None} for one this worker answers alone."""
+    words = sql.strip().rstrip(";").split()
+    if not words:
+        return None
+    what = _shown(words)
+    if what is not None:
+        return ("show", what) if what in _GATHERED else None
+    verb = words[0].upper()
+    if verb in ("PAUSE", "RESUME", "RECONNECT", "KILL", "SET"):
+        return ("act", verb)
+    return None
+
+
+def _shown(words: list) -> "str | None":
+    """The table of a C{SHOW <table>} command (aliases resolved), else C{None}."""
+    if len(words) == 2 and words[0].upper() == "SHOW":
+        return _SHOW_ALIASES.get(words[1].upper(), words[1].upper())
+    return None
+
+
+def coordinator_report(coordinators: list) -> dict:
+    """SHOW POOL_COORDINATOR rows of C{coordinators} (the supervisor's database budgets)
+    as a worker's report carries them."""
+    return {"rows": [[_plain(value) for value in row] for row in _POOL_COORDINATOR.rows(coordinators)]}
+
+
+def _plain(value):
+    """A table value as JSON carries it."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def _at(i: int):
@@ -458,7 +586,8 @@ _POOLS = Table(
     Column("user", TEXT),
     Column("pool_mode", TEXT),
     *_counts("cl_idle", "cl_active", "cl_waiting", "cl_cancel_req", *_SERVER_COUNTS),
-    *_counts("avg_xact_time", "paused", "fallback_active", "oldest_active_age_ms"),
+    *_counts("avg_xact_time", "paused", "fallback_active", "oldest_active_age_ms", "cl_pinned"),
+    *_counts(*(f"timeout_{kind}" for kind in TIMEOUT_KINDS)),
 )
 _POOLS_EXTENDED = Table(
     Column("database", TEXT),
@@ -579,9 +708,47 @@ _CONNECTIONS = Table(
     Column("plain", INT8, lambda c: c["plain"]),
     Column("cancel", INT8, lambda c: c["cancel"]),
 )
+_AUTH_QUERY = Table(
+    Column("database", TEXT, _at(0)),
+    Column("cache_entries", INT8, lambda row: row[1].cache_entries),
+    *(
+        Column(name, INT8, lambda row, name=name: getattr(row[1].stats, name))
+        for name in (
+            "cache_hits",
+            "cache_misses",
+            "cache_refetches",
+            "cache_rate_limited",
+            "auth_success",
+            "auth_failure",
+            "executor_queries",
+            "executor_errors",
+        )
+    ),
+    Column("dynamic_pools_current", INT8, _at(2)),
+    Column("dynamic_pools_created", INT8, lambda row: row[1].stats.dynamic_pools_created),
+    Column("dynamic_pools_destroyed", INT8, lambda row: row[1].stats.dynamic_pools_destroyed),
+)
+#: PgDoorman's columns; its numbers are numeric, not bigint.
+_POOL_COORDINATOR = Table(
+    Column("database", TEXT, lambda c: c.database),
+    Column("max_db_conn", NUMERIC, lambda c: c.max_connections),
+    Column("current", NUMERIC, lambda c: c.total),
+    Column("reserve_size", NUMERIC, lambda c: c.reserve_size),
+    Column("reserve_used", NUMERIC, lambda c: c.reserve_used),
+    Column("evictions", NUMERIC, lambda c: c.evictions),
+    Column("reserve_acq", NUMERIC, lambda c: c.reserve_acquisitions),
+    Column("exhaustions", NUMERIC, lambda c: c.exhaustions),
+)
 _VERSION = Table(Column("version", TEXT, _same))
 _LOG_LEVEL = Table(Column("log_level", TEXT, _same))
 _SHUTDOWN = Table(Column("success", TEXT, _same))
+_UPGRADE = Table(
+    Column("success", TEXT, _at(0)),
+    Column("pid", NUMERIC, _at(1)),
+    Column("migrated", NUMERIC, _at(2)),
+    Column("waiting", NUMERIC, _at(3)),
+    Column("not_migrated", NUMERIC, _at(4)),
+)
 
 
 def _config_value(value) -> str:
@@ -606,3 +773,29 @@ def _address(peer) -> str:
 def _hash64(data: bytes) -> int:
     """A stable 64-bit number for C{data}."""
     return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest(), "big")
+
+
+#: SHOW tables that, with workers, report every worker, and the columns naming a row of
+#: them (C{None}: every worker's rows, one worker after the other).
+_GATHERED = {
+    "POOLS": ("database", "user"),
+    "POOLS_EXTENDED": ("database", "user"),
+    "POOLS_MEMORY": ("database", "user"),
+    "STATS": ("database", "user"),
+    "LISTS": ("list",),
+    "CONNECTIONS": (),
+    "CLIENTS": None,
+    "SERVERS": None,
+    "POOL_COORDINATOR": ("database",),
+}
+_TABLES = {
+    "POOLS": _POOLS,
+    "POOLS_EXTENDED": _POOLS_EXTENDED,
+    "POOLS_MEMORY": _POOLS_MEMORY,
+    "STATS": _STATS,
+    "LISTS": _LISTS,
+    "CONNECTIONS": _CONNECTIONS,
+    "CLIENTS": _CLIENTS,
+    "SERVERS": _SERVERS,
+    "POOL_COORDINATOR": _POOL_COORDINATOR,
+}

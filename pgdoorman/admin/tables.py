@@ -11,10 +11,10 @@ import attrs
 
 from ..protocol import messages as m
 
-__all__ = ["FLOAT8", "INT8", "TEXT", "Column", "Table", "result"]
+__all__ = ["FLOAT8", "INT8", "NUMERIC", "TEXT", "Column", "Table", "result"]
 
 #: The type OIDs the console reports.
-TEXT, INT8, FLOAT8 = 25, 20, 701
+TEXT, INT8, FLOAT8, NUMERIC = 25, 20, 701, 1700
 
 
 @attrs.frozen

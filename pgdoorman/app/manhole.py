@@ -18,7 +18,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
-from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import Service
 from twisted.conch import manhole, manhole_ssh
 from twisted.conch.checkers import IAuthorizedKeysDB, SSHPublicKeyChecker, readAuthorizedKeyFile
@@ -32,6 +31,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from pgdoorman.config import ManholeConfig
+from pgdoorman.net.listeners import ListenerService
 
 __all__ = ["make_manhole_service"]
 
@@ -41,7 +41,9 @@ log = Logger()
 _GENERATED_KEY_BITS = 3072
 
 
-def make_manhole_service(config: ManholeConfig, namespace: dict[str, Any], reactor: Any) -> Service:
+def make_manhole_service(
+    config: ManholeConfig, namespace: dict[str, Any], reactor: Any, endpoint: Any = None
+) -> Service:
     """
     Build the manhole: an SSH server whose shell is a Python prompt.
 
@@ -54,6 +56,8 @@ def make_manhole_service(config: ManholeConfig, namespace: dict[str, Any], react
     @param namespace: the shell's variables.  All sessions share this dict, so a
         name bound in one session is visible in the next.
     @param reactor: provides C{IReactorTCP} (or whatever C{config.listen} needs).
+    @param endpoint: where to listen instead of C{config.listen} (the socket the old
+        process of a binary upgrade passed on), or C{None}.
     @return: a not-yet-started service, named C{"manhole"}, that listens on
         C{config.listen}; its C{factory} is the
         L{twisted.conch.manhole_ssh.ConchFactory}.
@@ -68,7 +72,9 @@ def make_manhole_service(config: ManholeConfig, namespace: dict[str, Any], react
     # ConchFactory's key dicts are class attributes: never mutate them in place.
     factory.publicKeys = {host_key.sshType(): host_key.public()}
     factory.privateKeys = {host_key.sshType(): host_key}
-    service = StreamServerEndpointService(endpoints.serverFromString(reactor, config.listen), factory)
+    if endpoint is None:
+        endpoint = endpoints.serverFromString(reactor, config.listen)
+    service = ListenerService(endpoint, factory)
     service.setName("manhole")
     return service
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import NoReturn
@@ -36,6 +37,26 @@ class Options(usage.Options):
             self._refuse(f"{path}: cannot read config: {e.strerror}")
         if self["check"]:
             raise SystemExit(0)
+        self._clear_old_pidfile()
+
+    def _clear_old_pidfile(self) -> None:
+        """In the new process of a binary upgrade, twistd would refuse to start over the old
+        process's pid file (that process still runs): it is removed, and this process
+        writes its own. The old one writes it back if this process fails."""
+        from .upgrade import HANDOVER_ENV
+
+        text = os.environ.get(HANDOVER_ENV)
+        parent = getattr(self, "parent", None)
+        if not text or parent is None or not parent.get("pidfile"):
+            return
+        try:
+            old = int(json.loads(text)["pid"])
+            with open(parent["pidfile"]) as f:
+                written = int(f.read().strip() or 0)
+        except (OSError, ValueError, TypeError, KeyError):
+            return
+        if written == old:
+            os.unlink(parent["pidfile"])
 
     @staticmethod
     def _refuse(problem: str) -> NoReturn:
@@ -47,21 +68,33 @@ class Options(usage.Options):
 def makeService(options: Options):
     """Build the service tree on the global reactor (imported here, never at module level).
 
-    Unless C{twistd --reactor} chose one, pgdoorman's own epoll reactor is installed.
+    Unless C{twistd --reactor} chose one, pgdoorman's own epoll reactor is installed. With
+    C{general.workers > 1} the tree is the L{pgdoorman.workers.supervisor.Supervisor}. In
+    the new process of a binary upgrade, the tree takes over the old one's listeners and
+    clients (L{pgdoorman.app.upgrade}).
     """
     install_default_reactor()
     from twisted.internet import reactor
     from twisted.logger import Logger
 
     from .service import make_service
+    from .upgrade import PidFile, handed_over
 
     log = Logger(namespace="pgdoorman")
     for warning in options.loaded.warnings:
         log.warn("{warning}", warning=warning)
     for inactive in options.loaded.inactive:
         log.warn("{inactive}", inactive=inactive)
-    service = make_service(options.loaded, reactor)
-    reactor.addSystemEventTrigger("after", "startup", service.lifecycle.install_signal_handlers)
+    if options.loaded.general.workers > 1:
+        from ..workers.supervisor import Supervisor
+
+        service = Supervisor(options.loaded, reactor, handed_over())
+        service.pidfile = PidFile(getattr(options, "parent", None))
+        reactor.addSystemEventTrigger("after", "startup", service.install_signal_handlers)
+        return service
+    service = make_service(options.loaded, reactor, handover=handed_over())
+    service.lifecycle.pidfile = PidFile(getattr(options, "parent", None))
+    reactor.addSystemEventTrigger("after", "startup", service.lifecycle.started)
     return service
 
 

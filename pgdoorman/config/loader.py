@@ -21,6 +21,7 @@ from typing import Any, NoReturn
 
 from attrs import NOTHING, evolve, fields
 
+from ..auth import hba
 from .schema import (
     _INHERITED,
     SECTIONS_LATER,
@@ -69,6 +70,49 @@ def _parse_toml(text: str, path: str) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(path, "(syntax)", str(e)) from None
+
+
+#: File names read as YAML (PgDoorman's recommended format); any other name is TOML.
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+def _parse_document(text: str, path: str) -> dict[str, Any]:
+    """The document in C{text}: YAML for a C{.yaml}/C{.yml} C{path}, else TOML."""
+    if not path.lower().endswith(YAML_SUFFIXES):
+        return _parse_toml(text, path)
+    try:
+        import yaml
+    except ImportError:
+        need = "YAML configs need PyYAML: pip install 'pgdoorman[yaml]'"
+        raise ConfigError(path, "(syntax)", need) from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(path, "(syntax)", " ".join(str(e).split())) from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(path, "(syntax)", "the document is not a mapping of sections")
+    return _from_yaml(doc, path, "")
+
+
+def _from_yaml(value: Any, path: str, key: str) -> Any:
+    """C{value} as TOML would have given it: a key without a value (YAML's null) is left
+    out, as PgDoorman reads it; keys that are not strings, and values TOML has no word for
+    (YAML's timestamps, say), are errors."""
+    if isinstance(value, dict):
+        out = {}
+        for name, item in value.items():
+            if not isinstance(name, str):
+                raise ConfigError(path, key or "(document)", f"key {name!r} is not a string")
+            if item is not None:
+                out[name] = _from_yaml(item, path, _join(key, name))
+        return out
+    if isinstance(value, list):
+        return [_from_yaml(item, path, f"{key}[{index}]") for index, item in enumerate(value)]
+    if not isinstance(value, (str, int, float, bool)):
+        raise ConfigError(path, key, f"{type(value).__name__} values are not understood (quote it)")
+    return value
 
 
 def _kind(value: Any) -> str:
@@ -170,7 +214,7 @@ class _Loader:
                 text = _read_text(full)
             except _Invalid as e:
                 self.fail(f"include.files[{index}]", f"cannot read {full!r}: {e.problem}")
-            _merge(doc, _parse_toml(text, full), full)
+            _merge(doc, _parse_document(text, full), full)
 
     def config(self, doc: dict[str, Any]) -> Config:
         """Build the L{Config}; C{doc} is the merged TOML document."""
@@ -239,6 +283,13 @@ class _Loader:
             )
         if general.hba and general.pg_hba is not None:
             self.fail("general.pg_hba", "cannot be used together with general.hba")
+        if general.hba:
+            if general.unix_socket_dir is not None:
+                self.warn("general.hba", "does not filter unix-socket clients (pg_hba local lines do)")
+            general = evolve(general, pg_hba=hba.legacy(general.hba))
+        ssl_rule = None if general.pg_hba is None else general.pg_hba.needs_tls
+        if ssl_rule is not None and general.tls_certificate is None:
+            self.warn("general.pg_hba", f"line {ssl_rule.line}: hostssl cannot match without tls_certificate")
         self.paired(general, "general", "tls_certificate", "tls_private_key")
         if general.tls_mode in ("require", "verify-full") and general.tls_certificate is None:
             self.fail(
@@ -277,24 +328,34 @@ class _Loader:
             self.warn("manhole.listen", "the manhole listens beyond loopback")
         return manhole
 
-    def pg_hba(self, value: Any) -> str:
-        """Rules text from a string, C{{content = ...}} or C{{path = ...}} (relative to the config file)."""
+    def pg_hba(self, value: Any) -> hba.Hba:
+        """The rules of a string, C{{content = ...}} or C{{path = ...}} (relative to the
+        config file), parsed; a line that cannot be read is an error naming it."""
         if isinstance(value, str):
-            return value
+            return self.hba_rules(value, "general.pg_hba", "")
         table = self.table(value, "general.pg_hba")
         self.unknown(table, "general.pg_hba", ["path", "content"])
         if ("path" in table) == ("content" in table):
             self.fail("general.pg_hba", "expected exactly one of path or content")
         if "content" in table:
-            return self.parse(_str, table["content"], "general.pg_hba.content")
+            key = "general.pg_hba.content"
+            return self.hba_rules(self.parse(_str, table["content"], key), key, "")
         full = os.path.join(
             os.path.dirname(self.path),
             self.parse(_str, table["path"], "general.pg_hba.path"),
         )
         try:
-            return _read_text(full)
+            text = _read_text(full)
         except _Invalid as e:
             self.fail("general.pg_hba.path", f"cannot read {full!r}: {e.problem}")
+        return self.hba_rules(text, "general.pg_hba.path", f"{full}: ")
+
+    def hba_rules(self, text: str, key: str, where: str) -> hba.Hba:
+        """Parse rules text; an error names C{where} (the rules file, if any) and the line."""
+        try:
+            return hba.parse(text)
+        except hba.HbaError as e:
+            self.fail(key, f"{where}{e}")
 
     def paired(self, obj: Any, key: str, first: str, second: str) -> None:
         """A certificate needs its private key and vice versa."""
@@ -348,7 +409,43 @@ class _Loader:
                 _join(key, "max_db_connections"),
                 f"{pool.max_db_connections} is less than the users' total min_pool_size ({needed})",
             )
+        if pool.max_db_connections:
+            self.coordinator_warnings(pool, key, general)
         return pool
+
+    def coordinator_warnings(self, pool: PoolConfig, key: str, general: General) -> None:
+        """PgDoorman's warnings for Pool Coordinator settings that cannot all hold."""
+        cap = pool.max_db_connections
+        if pool.reserve_pool_size > cap:
+            self.warn(
+                _join(key, "reserve_pool_size"),
+                f"{pool.reserve_pool_size} is more than max_db_connections ({cap})",
+            )
+        wait = general.query_wait_timeout
+        if wait and pool.reserve_pool_timeout > wait:
+            self.warn(
+                _join(key, "reserve_pool_timeout"),
+                f"{pool.reserve_pool_timeout} ms is longer than query_wait_timeout ({wait} ms):"
+                " clients time out before the reserve or the error",
+            )
+        for index, user in enumerate(pool.users):
+            if user.pool_size > cap:
+                self.warn(
+                    f"{_join(key, 'users')}[{index}].pool_size",
+                    f"{user.pool_size} is more than max_db_connections ({cap}): the cap comes first",
+                )
+            if pool.min_guaranteed_pool_size > user.pool_size:
+                self.warn(
+                    _join(key, "min_guaranteed_pool_size"),
+                    f"{pool.min_guaranteed_pool_size} is more than the pool_size of"
+                    f" {user.username} ({user.pool_size})",
+                )
+        if pool.idle_timeout and pool.min_connection_lifetime > pool.idle_timeout:
+            self.warn(
+                _join(key, "min_connection_lifetime"),
+                f"{pool.min_connection_lifetime} ms is longer than idle_timeout ({pool.idle_timeout} ms):"
+                " idle servers close before they may be evicted",
+            )
 
     def users(self, value: Any, key: str, pool: PoolConfig) -> tuple[UserConfig, ...]:
         """Users from C{[[pools.db.users]]} or from C{[pools.db.users.<index>]} tables."""
@@ -392,15 +489,16 @@ class _Loader:
 
 def parse(text: str, path: str = "<string>") -> Config:
     """
-    Parse and check a configuration from TOML text against the schema alone: settings of
-    features that are not built yet are accepted here (see L{loads}).
+    Parse and check a configuration from TOML text (YAML if C{path} ends in C{.yaml} or
+    C{.yml}) against the schema alone: settings of features that are not built yet are
+    accepted here (see L{loads}).
 
     @param path: names the text in errors and warnings; relative C{include}
         files and C{pg_hba.path} are resolved against its directory.
     @raise ConfigError: on any syntax error or invalid value.
     """
     loader = _Loader(path)
-    doc = _parse_toml(text, path)
+    doc = _parse_document(text, path)
     if "include" in doc:
         loader.include(doc)
     return loader.config(doc)
@@ -460,24 +558,16 @@ def check_files(config: Config) -> Config:
 _CLIENT_TLS_FILES = ("tls_certificate", "tls_private_key", "tls_ca_cert")
 _SERVER_TLS_FILES = ("server_tls_certificate", "server_tls_private_key", "server_tls_ca_cert")
 
+
 def check_built(config: Config) -> Config:
     """
-    Refuse settings that promise security pgdoorman does not provide yet (pg_hba or hba
-    rules, PAM), since running without it would be silently weaker than the file says.
+    Refuse settings that promise security pgdoorman does not provide yet (PAM), since
+    running without it would be silently weaker than the file says.
     Returns C{config}.
 
     @raise ConfigError: naming the first such key.
     """
     path = config.path
-    general = config.general
-    for key, value in (("pg_hba", general.pg_hba), ("hba", general.hba)):
-        if value:
-            raise ConfigError(
-                path,
-                f"general.{key}",
-                "client access rules are not enforced yet; remove the key (every address may"
-                " log in with a configured password)",
-            )
     for name, pool in config.pools.items():
         for index, user in enumerate(pool.users):
             if user.auth_pam_service is not None:

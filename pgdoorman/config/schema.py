@@ -317,10 +317,10 @@ class General:
     port: int = _key(_int(0, 65535), 5432)
     backlog: int = _key(_int(), 0)
     max_connections: int = _key(_int(), 8192)
-    max_concurrent_creates: int = _key(_int(), 4, later="the pool coordinator")
-    scaling_warm_pool_ratio: int = _key(_int(0, 100), 20, later="the pool coordinator")
-    scaling_fast_retries: int = _key(_int(), 10, later="the pool coordinator")
-    scaling_max_parallel_creates: int = _key(_int(1), 2, later="the pool coordinator")
+    max_concurrent_creates: int = _key(_int(), 4, later="pool scaling")
+    scaling_warm_pool_ratio: int = _key(_int(0, 100), 20, later="pool scaling")
+    scaling_fast_retries: int = _key(_int(), 10, later="pool scaling")
+    scaling_max_parallel_creates: int = _key(_int(1), 2, later="pool scaling")
     connect_timeout: int = _key(_duration, 3_000)
     query_wait_timeout: int = _key(_duration, 5_000)
     idle_timeout: int = _key(_duration, 600_000)
@@ -344,6 +344,7 @@ class General:
     log_client_disconnections: bool = _key(_bool, True)
     syslog_prog_name: str | None = _key(_str, None, later="syslog")
     daemon_pid_file: str = _key(_str, "/tmp/pg_doorman.pid", ignored="twistd --pidfile names the pid file")
+    workers: int = _key(_int(1, 128), 1)
     worker_threads: int = _key(_int(), 4, ignored="PgDoorman's Rust runtime")
     worker_cpu_affinity_pinning: bool = _key(_bool, False, ignored="PgDoorman's Rust runtime")
     worker_stack_size: int | None = _key(_bytes, None, ignored="PgDoorman's Rust runtime")
@@ -384,19 +385,33 @@ class General:
     #: PgBouncer's key: a client that has not logged in (TLS handshake included) by then is
     #: closed.
     client_login_timeout: int = _key(_duration, 60_000)
+    #: PgBouncer's timeouts (0: off), which pgdoorman acts on without closing the client
+    #: where it can: a transaction idle or open too long is rolled back, a query running
+    #: too long is cancelled; only an idle client is closed (client_idle_timeout).
+    #: pgdoorman's own: send pgdoorman.version and pgdoorman.pool_mode at login.
+    report_pooler_parameters: bool = _key(_bool, True)
+    idle_transaction_timeout: int = _key(_duration, 0)
+    transaction_timeout: int = _key(_duration, 0)
+    query_timeout: int = _key(_duration, 0)
+    client_idle_timeout: int = _key(_duration, 0)
     server_tls_mode: str = _key(_server_tls_mode, "allow")
     server_tls_ca_cert: str | None = _key(_str, None)
     server_tls_certificate: str | None = _key(_str, None)
     server_tls_private_key: str | None = _key(_str, None)
-    hba: tuple[str, ...] = _key(_list_of(_cidr), (), later="pg_hba")
-    #: The pg_hba rules text; C{{path = ...}} is read at load time.
-    pg_hba: str | None = _key(None, None, later="pg_hba")
+    #: PgDoorman's legacy allow-list of client networks (the loader turns it into rules).
+    hba: tuple[str, ...] = _key(_list_of(_cidr), ())
+    #: The rules clients are admitted by (L{pgdoorman.auth.hba.Hba}): C{pg_hba} read and
+    #: parsed at load time, or the legacy C{hba} list as rules; C{None} for neither.
+    pg_hba: object = _key(None, None)
     startup_parameters: Mapping[str, str] = _key(_startup_parameters, MappingProxyType({}))
-    patroni_api_urls: tuple[str, ...] | None = _key(_urls, None, later="Patroni fallback")
-    fallback_cooldown: int | None = _key(_positive_duration, None, later="Patroni fallback")
-    patroni_api_timeout: int | None = _key(_positive_duration, None, later="Patroni fallback")
-    fallback_connect_timeout: int | None = _key(_positive_duration, None, later="Patroni fallback")
-    fallback_lifetime: int | None = _key(_positive_duration, None, later="Patroni fallback")
+    patroni_api_urls: tuple[str, ...] | None = _key(_urls, None)
+    fallback_cooldown: int | None = _key(_positive_duration, None)
+    patroni_api_timeout: int | None = _key(_positive_duration, None)
+    fallback_connect_timeout: int | None = _key(_positive_duration, None)
+    fallback_lifetime: int | None = _key(_positive_duration, None)
+    auto_pin: bool | None = _key(_bool, None)
+    max_pinned_servers: int | None = _key(_int(), None)
+    shared_listener: bool | None = _key(_bool, None)
 
 
 @frozen(kw_only=True)
@@ -475,26 +490,33 @@ class PoolConfig:
         _int(),
         Factory(lambda self: self.prepared_statements_cache_size, takes_self=True),
     )
-    scaling_warm_pool_ratio: int = _key(_int(0, 100), 20, later="the pool coordinator")
-    scaling_fast_retries: int = _key(_int(), 10, later="the pool coordinator")
-    max_db_connections: int = _key(_int(), 0, later="the pool coordinator")
-    min_connection_lifetime: int = _key(_duration, 30_000, later="the pool coordinator")
-    reserve_pool_size: int = _key(_int(), 0, later="the pool coordinator")
-    reserve_pool_timeout: int = _key(_duration, 3_000, later="the pool coordinator")
-    min_guaranteed_pool_size: int = _key(_int(), 0, later="the pool coordinator")
-    patroni_api_urls: tuple[str, ...] | None = _key(_urls, None, later="Patroni fallback")
-    fallback_cooldown: int = _key(_positive_duration, 30_000, later="Patroni fallback")
-    patroni_api_timeout: int = _key(_positive_duration, 5_000, later="Patroni fallback")
-    fallback_connect_timeout: int = _key(_positive_duration, 5_000, later="Patroni fallback")
+    scaling_warm_pool_ratio: int = _key(_int(0, 100), 20, later="pool scaling")
+    scaling_fast_retries: int = _key(_int(), 10, later="pool scaling")
+    max_db_connections: int = _key(_int(), 0)
+    min_connection_lifetime: int = _key(_duration, 30_000)
+    reserve_pool_size: int = _key(_int(), 0)
+    reserve_pool_timeout: int = _key(_duration, 3_000)
+    min_guaranteed_pool_size: int = _key(_int(), 0)
+    patroni_api_urls: tuple[str, ...] | None = _key(_urls, None)
+    fallback_cooldown: int = _key(_positive_duration, 30_000)
+    patroni_api_timeout: int = _key(_positive_duration, 5_000)
+    fallback_connect_timeout: int = _key(_positive_duration, 5_000)
     fallback_lifetime: int = _key(
         _positive_duration,
         Factory(lambda self: self.fallback_cooldown, takes_self=True),
-        later="Patroni fallback",
     )
     server_tls_mode: str = _key(_server_tls_mode, "allow")
     server_tls_ca_cert: str | None = _key(_str, None)
     server_tls_certificate: str | None = _key(_str, None)
     server_tls_private_key: str | None = _key(_str, None)
+    #: Transaction mode: a client whose session holds a temporary table, a session advisory
+    #: lock, a WITH HOLD cursor, an SQL PREPARE (or a LISTEN without the shared listener)
+    #: keeps its server until that is gone.
+    auto_pin: bool = _key(_bool, True)
+    #: The most servers of one pool kept so at once; unset: half the pool size (at least 1).
+    max_pinned_servers: int | None = _key(_int(), None)
+    #: Transaction mode: LISTEN goes to one connection per pool that all its clients share.
+    shared_listener: bool = _key(_bool, True)
     #: General's parameters overridden per key by the pool's.
     startup_parameters: Mapping[str, str] = _key(_startup_parameters, MappingProxyType({}))
     auth_query: AuthQueryConfig | None = field(default=None, metadata={"parse": None})
@@ -519,6 +541,9 @@ _INHERITED = (
     "server_tls_ca_cert",
     "server_tls_certificate",
     "server_tls_private_key",
+    "auto_pin",
+    "max_pinned_servers",
+    "shared_listener",
 )
 
 
@@ -529,18 +554,18 @@ class WebConfig:
     enabled: bool = _key(_bool, False)
     host: str = _key(_str, "0.0.0.0")
     port: int = _key(_int(0, 65535), 9127)
-    ui: bool = _key(_bool, False)
-    ui_anonymous: bool = _key(_bool, False)
-    log_tap_max_entries: int = _key(_int(), 8192)
-    sso_enabled: bool = _key(_bool, False)
-    sso_proxy_url: str | None = _key(_str, None)
-    sso_public_key_file: str | None = _key(_str, None)
-    sso_audience: tuple[str, ...] = _key(_list_of(_str), ())
-    sso_allowed_users: tuple[str, ...] = _key(_list_of(_str), ("*",))
-    trusted_proxies: tuple[str, ...] = _key(_list_of(_cidr), ())
-    sso_groups_claim: str = _key(_str, "groups")
-    sso_admin_groups: tuple[str, ...] = _key(_list_of(_str), ())
-    sso_require_https: bool = _key(_bool, False)
+    ui: bool = _key(_bool, False, later="the web UI")
+    ui_anonymous: bool = _key(_bool, False, later="the web UI")
+    log_tap_max_entries: int = _key(_int(), 8192, later="the web UI")
+    sso_enabled: bool = _key(_bool, False, later="web SSO")
+    sso_proxy_url: str | None = _key(_str, None, later="web SSO")
+    sso_public_key_file: str | None = _key(_str, None, later="web SSO")
+    sso_audience: tuple[str, ...] = _key(_list_of(_str), (), later="web SSO")
+    sso_allowed_users: tuple[str, ...] = _key(_list_of(_str), ("*",), later="web SSO")
+    trusted_proxies: tuple[str, ...] = _key(_list_of(_cidr), (), later="web SSO")
+    sso_groups_claim: str = _key(_str, "groups", later="web SSO")
+    sso_admin_groups: tuple[str, ...] = _key(_list_of(_str), (), later="web SSO")
+    sso_require_https: bool = _key(_bool, False, later="web SSO")
 
 
 @frozen(kw_only=True)
@@ -603,8 +628,6 @@ def _loopback_only(listen: str) -> bool:
 
 #: Sections that are accepted but not acted on as a whole, and the feature each waits for.
 SECTIONS_LATER = {
-    AuthQueryConfig: "auth_query",
-    WebConfig: "the Prometheus /metrics listener",
     TalosConfig: "Talos JWT authentication",
 }
 

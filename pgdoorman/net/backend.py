@@ -8,11 +8,16 @@ chunk it receives untouched and watches only a handful of message types.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
+from bisect import bisect_left
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer
+from twisted.internet.defer import TimeoutError as DeferredTimeout
+from twisted.internet.error import ConnectError, TCPTimedOutError
+from twisted.internet.error import TimeoutError as ConnectorTimeout
+from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
@@ -24,8 +29,10 @@ from ..protocol.constants import (
     CLOSE_COMPLETE,
     COMMAND_COMPLETE,
     COPY_IN_RESPONSE,
+    DATA_ROW,
     ERROR_RESPONSE,
     NO_DATA,
+    NOTIFICATION_RESPONSE,
     PARAMETER_DESCRIPTION,
     PARAMETER_STATUS,
     PARSE_COMPLETE,
@@ -40,20 +47,27 @@ from ..session.parameters import TRACKED, sync_plan
 from ..session.prepared import (
     CLOSE_AS_PARSE,
     PASS_PARSE,
-    PASS_REPARSE,
+    PLAN_CHANGED,
     SWALLOW_CLOSE,
     SWALLOW_MARK,
     SWALLOW_PARSE,
     SWALLOW_PREPARE,
+    SWALLOW_REACH,
     ServerStatements,
     client_error,
+    plan_changed,
     result_shape,
 )
 from ..session.server_login import ServerLogin
-from .fastwrite import eager_writer
+from .fastwrite import eager_tls, eager_writer
 from .sockopts import apply_socket_options
 
 __all__ = [
+    "number_servers",
+    "CREATE_BUCKETS",
+    "CREATE_DURATIONS",
+    "CREATE_PHASES",
+    "CreateDurations",
     "OneServer",
     "PeerProducer",
     "ServerConnection",
@@ -72,17 +86,21 @@ _PREPARED_WATCH = _LINKED_WATCH | {PARSE_COMPLETE, CLOSE_COMPLETE}
 _DESCRIBE_WATCH = _PREPARED_WATCH | {PARAMETER_DESCRIPTION, ROW_DESCRIPTION, NO_DATA}
 
 #: Expected answers that stand for a Parse of the client's.
-_CLIENT_PARSES = frozenset((PASS_PARSE, PASS_REPARSE, CLOSE_AS_PARSE))
+_CLIENT_PARSES = frozenset((PASS_PARSE, CLOSE_AS_PARSE))
 
 #: Expected answers the client never sees as they are.
-_SWALLOWED = frozenset((SWALLOW_PARSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, SWALLOW_MARK))
+_SWALLOWED = frozenset((SWALLOW_PARSE, SWALLOW_CLOSE, CLOSE_AS_PARSE, SWALLOW_MARK, SWALLOW_REACH))
 
 #: A client can make PostgreSQL send an ErrorResponse of any size (RAISE with a long
 #: message): beyond the framer's limit it is forwarded without being read.
 _OVERSIZE = frozenset((ERROR_RESPONSE,))
 
-#: First four bytes of the CommandComplete tags that change session state.
-_TRACKED_TAGS = frozenset((b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC"))
+#: First four bytes of the CommandComplete tags that change session state, or that may end
+#: what pins a client to its server (DROP, CLOSE, DEALLOCATE), or tell a rolled back
+#: transaction (whose UNLISTENs did not happen).
+_TRACKED_TAGS = frozenset(
+    (b"SET\x00", b"DECL", b"PREP", b"RESE", b"DEAL", b"CLOS", b"DISC", b"LIST", b"UNLI", b"DROP", b"ROLL")
+)
 
 
 @implementer(IPushProducer)
@@ -120,6 +138,50 @@ class PeerProducer:
         """Nothing: the transport is closing and will tell us through connectionLost."""
 
 
+#: Upper bounds (seconds) of PgDoorman's backend_create_duration_seconds histogram.
+CREATE_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
+#: Its phases: the TCP (or unix) connect, the TLS handshake, authentication (StartupMessage
+#: to AuthenticationOk) and the rest of the startup (to ReadyForQuery).
+CREATE_PHASES = ("tcp_connect", "tls", "auth", "startup")
+
+
+class CreateDurations:
+    """How long the phases of opening server connections took, process-wide: per phase,
+    counts per L{CREATE_BUCKETS} slot (one more for what lies above) and the sum; and per
+    pool the TLS handshakes (the same buckets) and the ones that failed."""
+
+    def __init__(self) -> None:
+        self.counts = {phase: [0] * (len(CREATE_BUCKETS) + 1) for phase in CREATE_PHASES}
+        self.sums = dict.fromkeys(CREATE_PHASES, 0.0)
+        self.tls: dict = {}
+        self.tls_errors: dict = {}
+
+    def add(self, phase: str, seconds: float, pool: str = "") -> None:
+        """One connection's C{phase} took C{seconds} (a TLS one, for C{pool})."""
+        slot = bisect_left(CREATE_BUCKETS, seconds)
+        self.counts[phase][slot] += 1
+        self.sums[phase] += seconds
+        if phase == "tls":
+            counts, total = self.tls.get(pool) or ([0] * (len(CREATE_BUCKETS) + 1), 0.0)
+            counts[slot] += 1
+            self.tls[pool] = (counts, total + seconds)
+
+    def tls_failed(self, pool: str) -> None:
+        """A TLS handshake with a server of C{pool} failed."""
+        self.tls_errors[pool] = self.tls_errors.get(pool, 0) + 1
+
+
+#: The durations of every server connection this process opened.
+CREATE_DURATIONS = CreateDurations()
+
+
+def number_servers(index: int, count: int) -> None:
+    """Number this process's server connections C{index} modulo C{count} from now on, so
+    that the ids of worker processes never meet (SHOW SERVERS over all workers)."""
+    ServerConnection._ids = itertools.count(count + index, count)
+
+
+@implementer(IHandshakeListener)
 class ServerConnection(PeerProducer, Protocol):
     """One connection to PostgreSQL.
 
@@ -138,6 +200,9 @@ class ServerConnection(PeerProducer, Protocol):
     log = logger()
     _ids = itertools.count(1)
     peer_attribute = "client"
+    #: Seconds this server lives instead of its pool's C{server_lifetime} (a server on a
+    #: Patroni fallback member: C{fallback_lifetime}), or C{None}.
+    lifetime: "float | None" = None
 
     def __init__(
         self,
@@ -171,6 +236,23 @@ class ServerConnection(PeerProducer, Protocol):
         self.connector = None
         self.socket_options = socket_options
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+        #: The transaction that just ended may have changed settings or session state:
+        #: its client's server is checked before it goes back to the pool
+        #: (L{pgdoorman.session.carry}); C{hint}: the client's own text said so, so the
+        #: state is unknown until checked (a server with it unchecked gets DISCARD ALL).
+        self.check_due = False
+        self.hint = False
+        #: A pinned client may have dropped what pins it (DROP, CLOSE, DEALLOCATE, ...).
+        self.recheck = False
+        #: The session's LISTENs are unknown (a LISTEN or UNLISTEN ran on it).
+        self.dirty_listen = False
+        #: A ROLLBACK ended a transaction since the client was linked.
+        self.rolled_back = False
+        #: Custom setting names (C{app.tenant}) the client's text SET, to read at the check.
+        self.custom: "set | None" = None
+        #: Called with the body of each NotificationResponse while unlinked (the shared
+        #: listener, L{pgdoorman.pool.listener}).
+        self.on_notification = None
         #: The pool's reset query runs before the next client (a client used the server
         #: and its pool has a C{server_reset_query}).
         self.reset_pending = False
@@ -180,6 +262,13 @@ class ServerConnection(PeerProducer, Protocol):
         self.when_cancelled = None
         self.created_at = clock.seconds()
         self.last_used = self.created_at
+        #: When the create phase under way started, and whether the TLS handshake and
+        #: authentication are done.
+        self._phase_started = self.created_at
+        self._handshaken = False
+        self._authenticated = False
+        #: The pool the connection is for, as the TLS metrics name it.
+        self.pool_label = ""
         self._framer = Framer(ALL_TYPES, oversize=_OVERSIZE)
         #: The start of a message held back from a mapped client until it is whole.
         self._carry = b""
@@ -191,6 +280,10 @@ class ServerConnection(PeerProducer, Protocol):
         self._logged_in = False
         self._internal: "Deferred | None" = None
         self._internal_error: "PgError | None" = None
+        #: The rows of a L{fetch} under way (C{None} otherwise), and its column names.
+        self._rows: "list | None" = None
+        self._row_limit = 2
+        self._names: list = []
         self._closing = False
 
     def __repr__(self) -> str:
@@ -198,8 +291,18 @@ class ServerConnection(PeerProducer, Protocol):
 
     # -- Twisted callbacks
 
+    def handshakeCompleted(self) -> None:
+        """The TLS handshake with the server is done (the C{tls} create phase)."""
+        now = self.clock.seconds()
+        CREATE_DURATIONS.add("tls", now - self._phase_started, self.pool_label)
+        self._phase_started = now
+        self._handshaken = True
+
     def connectionMade(self) -> None:
         """Send the StartupMessage."""
+        now = self.clock.seconds()
+        CREATE_DURATIONS.add("tcp_connect", now - self.created_at)
+        self._phase_started = now
         if self.socket_options is not None:
             apply_socket_options(self.transport, self.socket_options)
         self.write = eager_writer(self.transport)
@@ -257,6 +360,8 @@ class ServerConnection(PeerProducer, Protocol):
                 if self.tls and reason is not None:
                     # A failed handshake or certificate check: say which.
                     why = f"TLS with the server failed: {reason.getErrorMessage()}"
+                    if not self._handshaken:
+                        CREATE_DURATIONS.tls_failed(self.pool_label)
                 self.ready.errback(PgError(SQLSTATE.CONNECTION_FAILURE, why))
             return
         if self._internal is not None:
@@ -350,6 +455,8 @@ class ServerConnection(PeerProducer, Protocol):
                     continue
                 fields = m.parse_error_fields(body)
                 if lease.view is not None:
+                    if lease.bound and fields.get("C") == "0A000" and PLAN_CHANGED in body:
+                        lease.stats.plan_changes += plan_changed(lease)
                     renamed = client_error(body, lease.view, lease.expect, lease.tx_status == b"E")
                     if renamed is not None:
                         if out is None:
@@ -357,7 +464,7 @@ class ServerConnection(PeerProducer, Protocol):
                         out.append(data[pos : end - 5 - len(body)])
                         out.append(renamed)
                         pos = end
-                lease.failed()
+                lease.failed(fields.get("C"))
                 if fields.get("V", "ERROR") in ("FATAL", "PANIC"):
                     self.usable = False
                     self.fatal_forwarded = True
@@ -384,6 +491,7 @@ class ServerConnection(PeerProducer, Protocol):
         lease = self.lease
         pool = self.home
         lease.bind(stream, pool.stats, view)
+        self.rolled_back = False
         if pool.reset_query:
             self.reset_pending = True
         if view is None:
@@ -422,22 +530,30 @@ class ServerConnection(PeerProducer, Protocol):
     def _track_tag(self, body: bytes, client=None) -> None:
         # PgDoorman's classify_command_complete: only these tags change what checkin resets.
         head = body[:4]
-        if head == b"SET\x00":
-            self.dirty_set = True
+        if head == b"SET\x00" or head == b"RESE":
+            # What the session holds now is learnt at the end of the transaction.
+            self.dirty_set = self.check_due = True
         elif head == b"DECL":
-            self.dirty_cursor = True
+            self.dirty_cursor = self.check_due = True
         elif head == b"PREP":
-            self.dirty_prepare = True
-        elif head == b"RESE":
-            self.dirty_set = False
+            self.dirty_prepare = self.check_due = True
+        elif head == b"LIST" or head == b"UNLI":
+            self.dirty_listen = self.check_due = True
+        elif head == b"ROLL":
+            self.rolled_back = True
         elif body.startswith(b"DEALLOCATE ALL"):
             self.dirty_prepare = False
+            self.recheck = True
             self._statements_dropped(client)
         elif body.startswith(b"CLOSE CURSOR ALL"):
             self.dirty_cursor = False
+            self.recheck = True
         elif body.startswith(b"DISCARD ALL"):
-            self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+            self.dirty_prepare = self.dirty_cursor = False
+            self.dirty_set = self.check_due = self.recheck = True
             self._statements_dropped(client)
+        else:
+            self.recheck = True
 
     def _statements_dropped(self, client) -> None:
         """The server dropped every prepared statement: so did the client, from its view.
@@ -477,6 +593,8 @@ class ServerConnection(PeerProducer, Protocol):
             or self.dirty_prepare
             or self.dirty_cursor
             or self.reset_pending
+            or self.hint
+            or self.dirty_listen
         )
 
     def in_sync(self, wanted: frozenset) -> bool:
@@ -490,9 +608,11 @@ class ServerConnection(PeerProducer, Protocol):
     def cleanup(self) -> Deferred:
         """Run PgDoorman's checkin reset (ROLLBACK, RESET ROLE/ALL, DEALLOCATE ALL, CLOSE ALL),
         or with a reset query due, ROLLBACK if needed and then that query (DISCARD ALL
-        cannot run in the implicit transaction of a multi-statement query)."""
-        if self.reset_pending:
-            reset = self.home.reset_query
+        cannot run in the implicit transaction of a multi-statement query). A session
+        whose state is unknown (a temporary table, an advisory lock or a LISTEN it may
+        hold, never checked) gets DISCARD ALL, which drops them all."""
+        if self.reset_pending or self.hint or self.dirty_listen:
+            reset = (self.reset_pending and self.home.reset_query) or "DISCARD ALL"
             if self.lease.tx_status != b"I":
                 d = self.run("ROLLBACK")
                 d.addCallback(lambda _: self.run(reset))
@@ -523,6 +643,7 @@ class ServerConnection(PeerProducer, Protocol):
         if self.dirty_prepare and self.lease.cache is not None:
             self.lease.cache.clear()
         self.dirty_set = self.dirty_prepare = self.dirty_cursor = False
+        self.check_due = self.hint = self.recheck = self.dirty_listen = False
         if reset_all:
             # Parameters set for clients are gone too; ParameterStatus already reported
             # the reported ones.
@@ -575,11 +696,25 @@ class ServerConnection(PeerProducer, Protocol):
 
         Fails with L{PgError} if the query raised an error.
         """
+        return self._send_internal(m.query(sql))
+
+    def fetch(self, sql: str, params: list, limit: int = 2) -> Deferred:
+        """Run a parameterized query while not linked; fires with C{(names, rows)}: its
+        column names and at most C{limit} rows, as lists of text values (so that a caller
+        expecting one row can tell there were more, without holding them all).
+
+        Fails with L{PgError} if the query raised an error.
+        """
+        self._rows = []
+        self._row_limit = limit
+        return self._send_internal(m.extended_query(sql, params))
+
+    def _send_internal(self, data: bytes) -> Deferred:
         assert self.client is None and self._internal is None
         self._internal = Deferred()
         self._internal_error = None
         self.lease.sent_internal()
-        self.write(m.query(sql))
+        self.write(data)
         return self._internal
 
     def close(self) -> None:
@@ -608,13 +743,20 @@ class ServerConnection(PeerProducer, Protocol):
         if mtype == READY_FOR_QUERY:
             self.lease.ready(body, True)
             d, self._internal = self._internal, None
+            rows, self._rows = self._rows, None
             if d is not None:
                 if self._internal_error is not None:
                     d.errback(self._internal_error)
                 else:
-                    d.callback(self)
+                    d.callback(self if rows is None else (self._names, rows))
             return
         self.lease.at_ready = False
+        rows = self._rows
+        if rows is not None:
+            if mtype == ROW_DESCRIPTION:
+                self._names = m.parse_row_names(body)
+            elif mtype == DATA_ROW and len(rows) < self._row_limit:
+                rows.append(m.parse_data_row(body))
         if mtype == ERROR_RESPONSE:
             if body is None:
                 error = PgError(SQLSTATE.PROGRAM_LIMIT_EXCEEDED, "error too large for the pooler", "ERROR")
@@ -625,6 +767,8 @@ class ServerConnection(PeerProducer, Protocol):
             self._internal_error = error
         elif mtype == PARAMETER_STATUS:
             self._parameter(body)
+        elif mtype == NOTIFICATION_RESPONSE and self.on_notification is not None:
+            self.on_notification(body)
 
     def _login_data(self, data: bytes) -> None:
         login = self._login
@@ -637,6 +781,7 @@ class ServerConnection(PeerProducer, Protocol):
             if start:
                 self.tls = True
                 self.transport.startTLS(self.tls_options)
+                eager_tls(self.transport)
             self.write(login.startup_message())
             return
         try:
@@ -646,8 +791,14 @@ class ServerConnection(PeerProducer, Protocol):
             return
         if send:
             self.write(send)
+        if self._login.authenticated and not self._authenticated:
+            self._authenticated = True
+            now = self.clock.seconds()
+            CREATE_DURATIONS.add("auth", now - self._phase_started)
+            self._phase_started = now
         if rest is None:
             return
+        CREATE_DURATIONS.add("startup", self.clock.seconds() - self._phase_started)
         login, self._login = self._login, None
         self.params = login.params
         self.backend_pid, self.backend_key = login.backend_pid, login.backend_key
@@ -718,10 +869,12 @@ def connect_server(
     startup: dict,
     socket_options=None,
     tls: tuple = ("none", None, False),
+    pool: str = "",
 ) -> Deferred:
     """Open and log in a L{ServerConnection}; fires with it, or fails with L{PgError}.
 
     @param socket_options: the C{General} config whose TCP options the socket gets.
+    @param pool: the pool it is for, as the TLS metrics name it.
     @param tls: C{(login, options, retry)} from L{pgdoorman.net.tls.ServerTLS.plan}: with
         C{retry}, a plain-text login PostgreSQL refuses for want of encryption (its 28000
         "... no encryption") is tried once more over TLS (libpq's C{allow}).
@@ -737,6 +890,7 @@ def connect_server(
             tls=login,
             tls_options=options,
         )
+        proto.pool_label = pool
         proto.address = (host, port, timeout)
         proto.connector = connect_to(reactor, host, port, timeout, OneServer(proto))
         d = proto.ready
@@ -761,10 +915,26 @@ def connect_server(
     return d
 
 
+class ServerUnreachable(PgError):
+    """The server could not be reached at all (refused, timed out, no such socket): what
+    sets off Patroni fallback (L{pgdoorman.pool.fallback.unreachable})."""
+
+    unreachable = True
+    #: It was a time-out (no answer), not a refusal.
+    timed_out = False
+
+
+#: Errors of this process's own, not of the server's: never a reason for fallback.
+_OWN_ERRNOS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+
+
 def _as_server_error(failure: Failure, host: str, port: int):
     if failure.check(PgError):
         return failure
-    raise PgError(
-        SQLSTATE.CONNECTION_FAILURE,
-        f"could not connect to server {host}:{port}: {failure.getErrorMessage()}",
-    )
+    text = f"could not connect to server {host}:{port}: {failure.getErrorMessage()}"
+    own = failure.check(ConnectError) and getattr(failure.value, "osError", None) in _OWN_ERRNOS
+    if failure.check(ConnectError, DeferredTimeout) and not own:
+        error = ServerUnreachable(SQLSTATE.CONNECTION_FAILURE, text)
+        error.timed_out = bool(failure.check(DeferredTimeout, ConnectorTimeout, TCPTimedOutError))
+        raise error
+    raise PgError(SQLSTATE.CONNECTION_FAILURE, text)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-__all__ = ["eager_writer"]
+__all__ = ["eager_tls", "eager_writer"]
 
 
 def eager_writer(transport) -> Callable[[bytes], None]:
@@ -24,8 +24,29 @@ def eager_writer(transport) -> Callable[[bytes], None]:
     sock = getattr(transport, "socket", None)
     if sock is None or not hasattr(transport, "_tempDataLen") or not hasattr(transport, "dataBuffer"):
         return transport.write
-    send = sock.send
-    write = transport.write
+    return _eager(transport, sock.send, transport.write, check_tls=True)
+
+
+def eager_tls(transport) -> None:
+    """Right after C{transport.startTLS}: let the TLS records leave at once too.
+
+    Twisted's TLS layer hands its records to the connection's buffered C{write}, so every
+    record waits for the next writability poll; with nothing queued the records are sent
+    straight away instead, as L{eager_writer} does for plain text.
+    """
+    sock = getattr(transport, "socket", None)
+    bypass = getattr(getattr(transport, "protocol", None), "transport", None)
+    if sock is None or bypass is None or not hasattr(transport, "_tempDataLen"):
+        return
+    if not hasattr(transport, "dataBuffer"):
+        return
+    bypass.write = _eager(transport, sock.send, bypass.write, check_tls=False)
+
+
+def _eager(transport, send, write, check_tls: bool) -> Callable[[bytes], None]:
+    """A C{write} that calls C{send} when C{transport} has nothing queued, else C{write}
+    (with C{check_tls}, also whenever the transport encrypts: its plain text must go through
+    the TLS layer)."""
 
     def eager_write(data: bytes) -> None:
         if (
@@ -33,7 +54,7 @@ def eager_writer(transport) -> Callable[[bytes], None]:
             or transport.dataBuffer
             or transport.disconnecting
             or not transport.connected
-            or transport.TLS
+            or (check_tls and transport.TLS)
         ):
             write(data)
             return

@@ -16,12 +16,20 @@ from twisted.python.failure import Failure
 
 from ..loglevel import logger
 from ..session.parameters import PoolParameters
+from .coordinator import RESERVE
 from .stats import PoolStats
 
-__all__ = ["IPoolServer", "IWaiter", "Pool", "PoolTimeout", "PoolClosed"]
+__all__ = ["TIMEOUT_KINDS", "IPoolServer", "IWaiter", "Pool", "PoolTimeout", "PoolClosed"]
 
 IDLE = "idle"
 ACTIVE = "active"
+
+#: How many idle servers L{Pool.try_lease} looks at for one already in line with a client.
+AFFINITY = 8
+
+#: The timeouts counted per pool: a cancelled query, a rolled back transaction (idle too
+#: long, or open too long), a closed idle client.
+TIMEOUT_KINDS = ("query", "idle_transaction", "transaction", "client_idle")
 USED = "used"
 CLOSED = "closed"
 
@@ -67,9 +75,14 @@ class IPoolServer(Protocol):
     cancels: int
     #: set by the pool: called with the server when its last cancel is done.
     when_cancelled: "Callable | None"
+    #: set by the pool: the coordinator permit the server holds (C{None} without one).
+    permit: "str | None"
 
     def needs_cleanup(self) -> bool:
         """True if the server must be reset before another client may use it."""
+
+    def in_sync(self, wanted) -> bool:
+        """True if the server's session parameters are already those of C{wanted}."""
 
     def cleanup(self) -> Deferred:
         """Reset session state (ROLLBACK, RESET ALL, ...); fires when the server is reusable."""
@@ -105,6 +118,14 @@ class Pool:
     @param reset_query: what a server runs when a client is done with it, before the
         next client may have it (C{server_reset_query}, for session mode or with
         C{server_reset_query_always}); C{""} keeps PgDoorman's tracked check-in cleanup only.
+    @param coordinator: the L{pgdoorman.pool.coordinator.Coordinator} of the database, whose
+        permit every new server needs (C{max_db_connections}), or C{None}.
+    @param auto_pin: a transaction-mode client whose session holds state that cannot move
+        (a temporary table, ...) keeps its server until the state is gone (C{auto_pin}).
+    @param max_pinned: the most servers kept so at once (C{max_pinned_servers}).
+    @param shared_listener: transaction-mode LISTENs go to the pool's shared listener
+        (L{pgdoorman.pool.listener.Listener}, kept by the registry); C{False}: they stay
+        on their server, which pins its client.
     """
 
     log = logger()
@@ -125,8 +146,20 @@ class Pool:
         statements=None,
         server_statements_size: int = 0,
         reset_query: str = "",
+        coordinator=None,
+        auto_pin: bool = True,
+        max_pinned: int = 1,
+        shared_listener: bool = True,
     ) -> None:
         self.name = name
+        self.auto_pin = auto_pin
+        self.max_pinned = max_pinned
+        #: Clients that keep their server between transactions (SHOW POOLS cl_pinned).
+        self.pinned = 0
+        #: What each timeout did to this pool's clients (SHOW POOLS, /metrics).
+        self.timeouts = dict.fromkeys(TIMEOUT_KINDS, 0)
+        self.shared_listener = shared_listener
+        self.coordinator = coordinator
         self.reset_query = reset_query
         #: Cancel requests sent for this pool's servers and not yet acted on (cl_cancel_req).
         self.cancel_requests = 0
@@ -156,6 +189,8 @@ class Pool:
         self.epoch = 0
         self._expiry = None
         self.closed = False
+        if coordinator is not None:
+            coordinator.register(self)
 
     def __repr__(self) -> str:
         return (
@@ -174,10 +209,27 @@ class Pool:
         """Servers open or being opened."""
         return len(self.idle) + len(self.active) + len(self.used) + self.connecting
 
-    def try_lease(self):
-        """Return an idle server, now active, or C{None}: the no-Deferred fast path."""
+    def try_lease(self, wanted=None):
+        """Return an idle server, now active, or C{None}: the no-Deferred fast path.
+
+        @param wanted: the client's session parameters: when the server that would be
+            chosen is not in line with them, one of the next L{AFFINITY} idle servers that
+            is goes instead (clients that SET different values then keep to their own
+            servers while there are enough, instead of paying a round trip to re-SET).
+        """
         if self.idle and not self.waiters and not self.paused:
-            server = self.idle[0] if self.round_robin else self.idle[-1]
+            idle = self.idle
+            server = idle[0] if self.round_robin else idle[-1]
+            if wanted is not None and not server.in_sync(wanted) and len(idle) > 1:
+                order = (
+                    range(1, min(len(idle), AFFINITY + 1))
+                    if self.round_robin
+                    else range(-2, -min(len(idle), AFFINITY + 1) - 1, -1)
+                )
+                for i in order:
+                    if idle[i].in_sync(wanted):
+                        server = idle[i]
+                        break
             if self.check_timeout and self.clock.seconds() - server.last_used > self.check_timeout:
                 return None
             self._move(server, ACTIVE)
@@ -251,6 +303,8 @@ class Pool:
         elif not self.waiters and not self._handing and server.epoch == self.epoch:
             # The usual end of a transaction: nobody waits, the server goes idle.
             self._move(server, IDLE)
+            if self.coordinator is not None and self.coordinator.wanting:
+                self.coordinator.idle_returned()
         else:
             self._checkin(server)
 
@@ -264,6 +318,10 @@ class Pool:
             return
         self._move(server, CLOSED)
         server.close()
+        permit = server.permit
+        if permit is not None:
+            server.permit = None
+            self.coordinator.release(permit)
         self._grow()
 
     def pause(self) -> None:
@@ -289,6 +347,8 @@ class Pool:
         """Close every idle server, fail the waiters, and discard servers as they return."""
         self.closed = True
         self._stop_expiry()
+        if self.coordinator is not None:
+            self.coordinator.unregister(self)
         if self.statements is not None:
             self.statements.close()
         while self.waiters:
@@ -325,6 +385,9 @@ class Pool:
     def _checkin_one(self, server) -> None:
         if server.epoch != self.epoch:
             self.discard(server)
+        elif self.coordinator is not None and self.coordinator.owed:
+            # Another worker process waits for this permit (L{pgdoorman.pool.permits}).
+            self.discard(server)
         elif self.waiters and not self.paused:
             self._move(server, ACTIVE)
             server.checkouts += 1
@@ -332,11 +395,12 @@ class Pool:
             if not self.waiters:
                 self._stop_expiry()
             stats = self.stats
-            stats.wait_time += self.clock.seconds() - waiter.since
-            stats.waits += 1
+            stats.waited(self.clock.seconds() - waiter.since)
             waiter.granted(server)
         else:
             self._move(server, IDLE)
+            if self.coordinator is not None and self.coordinator.wanting:
+                self.coordinator.idle_returned()
 
     def _move(self, server, state: str) -> None:
         """The single place where a server changes state (pgbouncer's change_server_state)."""
@@ -370,14 +434,95 @@ class Pool:
             if limit is not None and closed >= limit:
                 break
             jitter = server.jitter
-            if (self.lifetime and now - server.created_at > self.lifetime * jitter) or (
+            # A server on a Patroni fallback member has its own, shorter lifetime.
+            lifetime = server.lifetime or self.lifetime
+            if (lifetime and now - server.created_at > lifetime * jitter) or (
                 self.idle_timeout and server.checkouts and now - server.last_used > self.idle_timeout * jitter
             ):
                 self.discard(server)
                 closed += 1
+        if self.coordinator is not None:
+            closed += self._retain_reserve(now)
         while not self.closed and self.total < self.min_size:
-            self._connect()
+            if self.coordinator is None:
+                self._connect(None)
+                continue
+            # Topping up never evicts, waits or takes the reserve.
+            permit = self.coordinator.top_up(self)
+            if permit is None:
+                break
+            self._connect(permit)
         return closed
+
+    def _retain_reserve(self, now: float) -> int:
+        """Idle servers on reserve permits move to main ones where the budget has room, and
+        those idle for min_connection_lifetime close (not while clients wait). Returns how
+        many closed."""
+        if self.waiters:
+            return 0
+        coordinator = self.coordinator
+        closed = 0
+        for server in list(self.idle):
+            if server.permit == RESERVE and not coordinator.upgrade(server):
+                if now - server.last_used >= coordinator.min_lifetime:
+                    self.discard(server)
+                    closed += 1
+        return closed
+
+    @property
+    def unserved(self) -> int:
+        """Waiting clients that no server being opened or probed will serve."""
+        return len(self.waiters) - self.connecting - self.probing
+
+    def wants(self) -> bool:
+        """True if a client waits that no server being opened or probed will serve, and the
+        pool has room for another server."""
+        return not self.closed and not self.paused and self.unserved > 0 and self.total < self.size
+
+    def grant(self, permit: str) -> None:
+        """The coordinator has a permit for the new server this pool waited for (or, from
+        worker permits, one that tops it up to min_size)."""
+        if self.wants() or (not self.closed and self.total < self.min_size):
+            self._connect(permit)
+        else:
+            self.coordinator.release(permit)
+
+    def exhausted(self, error: Exception) -> None:
+        """The coordinator had no permit within reserve_pool_timeout: the oldest client that
+        no server on its way will serve gets C{error}."""
+        index = self.connecting + self.probing
+        if index < len(self.waiters):
+            waiter = self.waiters[index]
+            del self.waiters[index]
+            if not self.waiters:
+                self._stop_expiry()
+            waiter.refused(error)
+
+    def evict_idle(self, min_lifetime: float) -> bool:
+        """Close the oldest idle server that has lived C{min_lifetime} seconds, for another
+        user's pool; True if there was one."""
+        now = self.clock.seconds()
+        oldest = None
+        for server in self.idle:
+            if now - server.created_at < min_lifetime:
+                continue
+            if oldest is None or server.created_at < oldest.created_at:
+                oldest = server
+        if oldest is None:
+            return False
+        self.discard(oldest)
+        return True
+
+    def evict_unused(self, grace: float) -> bool:
+        """Close the least recently used idle server if it has been idle C{grace} seconds,
+        for another worker process; True if there was one."""
+        if not self.idle:
+            return False
+        server = min(self.idle, key=lambda s: s.last_used)
+        if self.clock.seconds() - server.last_used < grace:
+            return False
+        self.discard(server)
+        return True
 
     def _expire(self) -> None:
         """Fail the waiters past query_wait_timeout. Waiters are FIFO with one timeout, so
@@ -396,25 +541,37 @@ class Pool:
             self._expiry = None
 
     def _grow(self) -> None:
+        coordinator = self.coordinator
         while (
             not self.closed
             and not self.paused
             and len(self.waiters) > self.connecting + self.probing
             and self.total < self.size
         ):
-            self._connect()
+            if coordinator is None:
+                self._connect(None)
+                continue
+            permit = coordinator.acquire(self)
+            if permit is None:
+                # The coordinator calls L{grant} when it has one.
+                return
+            self._connect(permit)
 
-    def _connect(self) -> None:
+    def _connect(self, permit: "str | None") -> None:
         self.connecting += 1
         d = self.connector()
-        d.addCallbacks(self._connected, self._connect_failed)
+        d.addCallbacks(self._connected, self._connect_failed, callbackArgs=(permit,), errbackArgs=(permit,))
         d.addErrback(lambda f: self.log.failure("pool {pool!r}: connect bookkeeping failed", f, pool=self))
 
-    def _connected(self, server) -> None:
+    def _connected(self, server, permit: "str | None") -> None:
         self.connecting -= 1
+        server.permit = permit
         if self.closed:
             server.pool_state = CLOSED
             server.close()
+            if permit is not None:
+                server.permit = None
+                self.coordinator.release(permit)
             return
         server.pool_state = None
         server.on_lost = self.discard
@@ -425,7 +582,7 @@ class Pool:
         self.parameters.learn_login(server.params)
         self._checkin(server)
 
-    def _connect_failed(self, failure) -> None:
+    def _connect_failed(self, failure, permit: "str | None") -> None:
         self.connecting -= 1
         why = getattr(failure.value, "message", None) or failure.getErrorMessage()
         db, user = self.name
@@ -436,4 +593,7 @@ class Pool:
             if not self.waiters:
                 self._stop_expiry()
             waiter.refused(failure.value)
+        if permit is not None:
+            # Handed on (this pool's next connect among them) as the budget's waiters come.
+            self.coordinator.release(permit)
         self._grow()

@@ -34,7 +34,9 @@ __all__ = [
     "ScramServer",
     "md5_hash",
     "md5_response",
+    "mock_scram_secret",
     "parse_scram_verifier",
+    "scram_client_key",
     "scram_verifier",
     "verify_md5",
 ]
@@ -233,6 +235,22 @@ def scram_verifier(password: str, salt: bytes | None = None, iterations: int = 4
         base64.b64encode(b).decode("ascii") for b in (salt, stored_key, server_key)
     )
     return f"{SCRAM_MECHANISM}${iterations}:{salt_text}${stored_text}:{server_text}"
+
+
+def scram_client_key(secret: ScramSecret, password: str) -> bytes | None:
+    """The ClientKey of C{password} if it is the one behind C{secret}, else None: how a
+    cleartext password (pg_hba method C{password}) is checked against a SCRAM secret."""
+    salted = hashlib.pbkdf2_hmac("sha256", _saslprep(password), secret.salt, secret.iterations)
+    client_key = _hmac(salted, b"Client Key")
+    return client_key if hmac.compare_digest(_sha256(client_key), secret.stored_key) else None
+
+
+def mock_scram_secret(user: str, nonce: bytes) -> ScramSecret:
+    """A secret no password matches, for a SCRAM exchange that must fail without showing
+    why (no such user, or one without a SCRAM secret): as in PostgreSQL its salt depends
+    only on C{user} and the process's C{nonce}, so a retry sees the same salt."""
+    salt = hashlib.sha256(nonce + user.encode("utf-8")).digest()[:_SALT_LENGTH]
+    return ScramSecret(4096, salt, secrets.token_bytes(_KEY_LENGTH), secrets.token_bytes(_KEY_LENGTH))
 
 
 def parse_scram_verifier(text: str) -> ScramSecret | None:

@@ -28,6 +28,9 @@ __all__ = [
     "negotiate_protocol_version",
     "row_description",
     "data_row",
+    "extended_query",
+    "parse_data_row",
+    "parse_row_names",
     "command_complete",
     "startup_message",
     "ssl_request",
@@ -191,6 +194,54 @@ def data_row(values: list) -> bytes:
             raw = str(value).encode("utf-8")
             parts.append(_I.pack(len(raw)) + raw)
     return message(b"D", b"".join(parts))
+
+
+def parse_row_names(body: bytes) -> list:
+    """The column names of a RowDescription body."""
+    names = []
+    pos = 2
+    for _ in range(_H.unpack_from(body)[0]):
+        end = body.index(b"\x00", pos)
+        names.append(body[pos:end].decode("utf-8", "replace"))
+        pos = end + 19
+    return names
+
+
+def parse_data_row(body: bytes) -> list:
+    """The values of a DataRow body, as text (C{None} for NULL).
+
+    @raise ValueError: the body is malformed.
+    """
+    values = []
+    pos = 2
+    for _ in range(_H.unpack_from(body)[0]):
+        (length,) = _I.unpack_from(body, pos)
+        pos += 4
+        if length < 0:
+            values.append(None)
+            continue
+        if pos + length > len(body):
+            raise ValueError("DataRow shorter than its values")
+        values.append(body[pos : pos + length].decode("utf-8", "replace"))
+        pos += length
+    return values
+
+
+def extended_query(sql: str, params: list) -> bytes:
+    """Parse, Bind (text parameters), Describe and Execute of the unnamed statement and
+    portal, then Sync: a one-off parameterized query."""
+    bind = [b"\x00\x00", _H.pack(0), _H.pack(len(params))]
+    for value in params:
+        raw = value.encode("utf-8")
+        bind.append(_I.pack(len(raw)) + raw)
+    bind.append(_H.pack(0))
+    return (
+        message(b"P", b"\x00" + _cstr(sql) + _H.pack(0))
+        + message(b"B", b"".join(bind))
+        + message(b"D", b"P\x00")
+        + message(b"E", b"\x00" + _I.pack(0))
+        + SYNC
+    )
 
 
 def command_complete(tag: str) -> bytes:

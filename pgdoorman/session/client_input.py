@@ -30,7 +30,7 @@ from ..protocol.constants import (
 from ..protocol.errors import PgError
 from ..protocol.framing import ALL_TYPES, Framer
 from .lease import ClientStream
-from .prepared import MARK, REQUESTS, REWRITTEN
+from .prepared import MARK, REACH, REQUESTS, REWRITTEN
 from .prepared import PARSE as PARSE_ITEM
 
 __all__ = ["ONE_REQUEST", "ClientInput", "deallocate_name", "prepare_only_answer"]
@@ -66,6 +66,8 @@ PREPARED_MAX_MESSAGE = 16 << 20
 ONE_REQUEST = (REQUESTS, 1)
 #: The item that goes ahead of a Query or FunctionCall inside an extended batch.
 MARK_ITEM = (MARK,)
+#: The item that goes ahead of an unnamed Parse inside a Sync group.
+REACH_ITEM = (REACH,)
 
 #: What PostgreSQL's scanner takes for white space.
 _SPACE = b" \t\n\r\f\v"
@@ -251,12 +253,19 @@ class ClientInput:
                     items.append(_span(carry, data, pos, start))
                 self._carry = b""
                 return items, requests, True
+            started = not stream.batch_open
             stream.batch_open = True
             item = self.view.translate(mtype, body)
             if item is not None:
                 start = end - 5 - len(body)
                 if start > pos:
                     items.append(_span(carry, data, pos, start))
+                if not started and type(item) is tuple and item[0] == PARSE_ITEM and type(item[2]) is list:
+                    if item[2][1] is not None:
+                        # Whether PostgreSQL ran or skipped this Parse decides what the
+                        # client's unnamed statement is if it fails (Lease.skipped): unless it
+                        # starts its group, the answer to a marker right before it tells.
+                        items.append(REACH_ITEM)
                 items.append(item)
                 pos = end
             elif pos > end - 5 - len(body):

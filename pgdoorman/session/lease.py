@@ -10,12 +10,14 @@ has one owner, named where it is declared.
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections import deque
+from math import frexp
 
 from .prepared import (
+    CLOSE_AS_PARSE,
     PASS_CLOSE,
     PASS_PARSE,
-    PASS_REPARSE,
     SWALLOW_CLOSE,
     SWALLOW_DESCRIBE,
     SWALLOW_MARK,
@@ -23,7 +25,42 @@ from .prepared import (
     SWALLOW_PREPARE,
 )
 
-__all__ = ["ClientStream", "Counters", "Lease"]
+__all__ = [
+    "LATENCY_SLOTS",
+    "LOWEST_EXPONENT",
+    "QUERY_BUCKETS",
+    "TRANSACTION_BUCKETS",
+    "ClientStream",
+    "Counters",
+    "Lease",
+    "latency_slot",
+]
+
+#: Upper bounds (seconds) of PgDoorman's query and transaction duration histograms, which
+#: L{Lease.ready} counts into (one slot more, for what lies above the last bound).
+QUERY_BUCKETS = (0.0005, 0.005, 0.05, 0.5, 5.0)
+TRANSACTION_BUCKETS = (0.001, 0.01, 0.1, 1.0, 10.0)
+
+#: The latency histograms behind the percentiles: 16 slots per power of two from 2**-20 s
+#: (about 1 us; slot 0 holds anything shorter) up to 2**10 s (17 min; the last slot holds
+#: anything longer), so that a percentile read from them is within 3 % of the true one.
+_SUB = 16
+#: The binary exponent (C{math.frexp}) of slot 1.
+LOWEST_EXPONENT = -19
+LATENCY_SLOTS = (11 - LOWEST_EXPONENT) * _SUB + 1
+
+
+#: C{latency_slot}'s constant term: slot 1 starts at 2**(LOWEST_EXPONENT - 1) seconds.
+_OFFSET = -LOWEST_EXPONENT * _SUB - 15
+
+
+def latency_slot(seconds: float) -> int:
+    """The latency-histogram slot of a duration."""
+    mantissa, exponent = frexp(seconds)
+    slot = exponent * _SUB + int(mantissa * 32) + _OFFSET
+    if 0 < slot < LATENCY_SLOTS and seconds > 0:
+        return slot
+    return 0 if slot <= 0 or seconds <= 0 else LATENCY_SLOTS - 1
 
 
 class Counters:
@@ -94,7 +131,9 @@ class Lease:
         the two answers of one of them.
     @ivar rest: the items L{pgdoorman.session.prepared.render} stopped before, for the
         client's adapter to hold until the check is done (it takes them at once).
-    @ivar checking: the client's messages wait for the pooler's Describes (L{described}).
+    @ivar checking: the client's messages wait for the pooler's Describes (L{described}),
+        or for the answer to the Parse of C{awaited} in an earlier Sync group.
+    @ivar awaited: the statement name whose pending Parse a client's Parse of it waits for.
     """
 
     __slots__ = (
@@ -109,12 +148,15 @@ class Lease:
         "describing",
         "rest",
         "checking",
+        "awaited",
         "stream",
         "view",
         "cache",
         "stats",
         "query_started",
         "xact_started",
+        "done_at",
+        "bound",
         "counters",
         "now",
     )
@@ -133,11 +175,17 @@ class Lease:
         self.describing = None
         self.rest = None
         self.checking = False
+        self.awaited = None
         self.stream: "ClientStream | None" = None
         self.view = None
         self.cache = None
         self.stats = None
         self.query_started = self.xact_started = 0.0
+        #: When the last request was answered (the client idle since, for the timeouts).
+        self.done_at = 0.0
+        #: The mapped statements Bound since every request was last answered: one of them
+        #: failed if PostgreSQL says its cached plan must not change result type.
+        self.bound: list = []
 
     def bind(self, stream: ClientStream, stats, view=None) -> None:
         """A client is linked: its stream, its pool's L{pgdoorman.pool.stats.PoolStats} and
@@ -188,21 +236,33 @@ class Lease:
             return False
         self.owed -= 1
         self.answered += 1
+        if self.bound and not self.owed:
+            self.bound.clear()
         if self.expect:
             self.skipped(self.answered)
         if self.owed or self.stream is None:
             return False
-        now = self.now()
+        view = self.view
+        if view is not None and (view.forgotten.new or view.depth > 1):
+            if not self.stream.batch_open and not self.checking:
+                # Everything sent is answered: no error can name what the client let go.
+                view.settled()
+        self.done_at = now = self.now()
         stats = self.stats
         elapsed = now - self.query_started
         stats.query_time += elapsed
-        stats.query_times.append(elapsed)
+        slot = latency_slot(elapsed)
+        stats.query_latency[slot] += 1
+        stats.query_buckets[bisect_left(QUERY_BUCKETS, elapsed)] += 1
         if status != b"I":
             return False
-        elapsed = now - self.xact_started
+        if self.xact_started != self.query_started:
+            elapsed = now - self.xact_started
+            slot = latency_slot(elapsed)
         stats.xact_count += 1
         stats.xact_time += elapsed
-        stats.xact_times.append(elapsed)
+        stats.xact_latency[slot] += 1
+        stats.xact_buckets[bisect_left(TRANSACTION_BUCKETS, elapsed)] += 1
         stream = self.stream
         stream.xacts += 1
         self.counters.xacts += 1
@@ -214,14 +274,15 @@ class Lease:
             and not self.checking
         )
 
-    def failed(self) -> None:
-        """An ErrorResponse arrived for the bound client: count it, drop the expected
+    def failed(self, sqlstate: "str | None" = None) -> None:
+        """An ErrorResponse (of C{sqlstate}) arrived for the bound client: count it, drop the expected
         answers of its Sync group (PostgreSQL skips the rest of the group), end a COPY
         FROM STDIN the client has not finished (PostgreSQL left copy mode), and note when
         PostgreSQL will skip to the next Sync, marked Queries included (C{skipping})."""
         stream = self.stream
         stream.errors += 1
-        self.stats.errors += 1
+        self.stats.error(sqlstate)
+        current = self.answered
         if self.describing is not None:
             self.describing = None
             self.describes -= 1
@@ -236,7 +297,7 @@ class Lease:
         # The group of the Sync PostgreSQL skips to (the skipped Queries counted).
         self.failed_group = self.answered
         if self.expect:
-            self.skipped(self.answered + 1)
+            self.skipped(self.answered + 1, current)
 
     def _skip_marked(self) -> int:
         """The Queries and FunctionCalls PostgreSQL skips: those whose marker, in the current
@@ -273,29 +334,47 @@ class Lease:
             and (stream is None or (not stream.batch_open and not stream.partial))
         )
 
-    def skipped(self, before: int) -> None:
+    def skipped(self, before: int, failed: int = -1) -> None:
         """Drop the expected answers of Sync groups below C{before}: PostgreSQL skipped their
         messages after an error (or they were never answered), so undo what they assumed:
         the server holds no statement whose Parse was skipped, still holds one whose
         eviction's Close was skipped, the client has no name whose Parse failed, and keeps
-        one whose Close or SQL DEALLOCATE failed or was skipped."""
+        one whose Close or SQL DEALLOCATE failed or was skipped. The client's names are put
+        back last change first, so that each undo finds the state its change left. The
+        first answer still expected in group C{failed}, the one an error just ended,
+        belongs to the message that failed: a client Parse there ran."""
         expect = self.expect
+        view = self.view
+        undo = None
+        head = True
         while expect and expect[0][0] < before:
-            _, code, statement, name = expect.popleft()
-            if code == PASS_PARSE or code == SWALLOW_PARSE:
-                self.cache.discard(statement)
-                if code == PASS_PARSE and self.view is not None:
-                    self.view.forget(name, statement)
-            elif code == PASS_REPARSE:
-                if self.view is not None:
-                    self.view.forget(name, statement)
+            group, code, statement, name = expect.popleft()
+            ran = head and group == failed
+            if group == failed:
+                head = False
+            if code == PASS_PARSE or code == SWALLOW_PARSE or code == CLOSE_AS_PARSE:
+                if code != CLOSE_AS_PARSE:
+                    self.cache.discard(statement)
+                if code != SWALLOW_PARSE and view is not None:
+                    if undo is None:
+                        undo = []
+                    # The no-op Close standing for a Parse the server had cannot fail.
+                    undo.append((True, name, statement, ran and code != CLOSE_AS_PARSE))
             elif code == SWALLOW_CLOSE:
                 self.cache.restore(statement)
-            elif code == SWALLOW_PREPARE or (code == PASS_CLOSE and statement is not None):
-                if self.view is not None:
-                    self.view.undeallocate(name, statement)
+            elif code == SWALLOW_PREPARE or (code == PASS_CLOSE and name is not None):
+                if view is not None:
+                    if undo is None:
+                        undo = []
+                    undo.append((False, name, statement, False))
             elif code == SWALLOW_DESCRIBE:
                 self.describes -= 1
+        if undo is not None:
+            for parse, name, statement, ran in reversed(undo):
+                if parse:
+                    view.forget(name, statement, ran)
+                else:
+                    view.undeallocate(name, statement)
 
     def describe_started(self, params: bytes) -> bool:
         """A ParameterDescription arrived: True if it answers the pooler's own Describe
@@ -331,8 +410,12 @@ class Lease:
 
     def check_done(self) -> bool:
         """True once, when the client's held messages may go: every Describe they waited
-        for is answered (or skipped after an error)."""
+        for is answered (or skipped after an error), and the Parse they waited for."""
         if self.checking and not self.describes:
+            if self.awaited is not None:
+                if self.awaited in self.cache.pending:
+                    return False
+                self.awaited = None
             self.checking = False
             return True
         return False

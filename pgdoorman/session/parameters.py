@@ -135,15 +135,22 @@ def sync_plan(wanted: frozenset, applied: dict, reported: dict) -> tuple:
     """
     statements = []
     keep = {}
-    for name, value in wanted:
+    # The role last: a setting only the session's own user may make comes before it.
+    for name, value in sorted(wanted, key=lambda pair: pair[0] == "role"):
         if applied.get(name) == value or (name not in applied and reported.get(name) == value):
             if name in applied:
                 keep[name] = value
             continue
-        statements.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
+        if name in TRACKED:
+            statements.append(f"SET {quote_ident(name)} = {quote_literal(value)}")
+        else:
+            # set_config takes the value as the server shows it: a list such as
+            # search_path's stays a list, where SET would quote it as one name.
+            set_config = f"pg_catalog.set_config({quote_literal(name)}, {quote_literal(value)}, false)"
+            statements.append(f"SELECT {set_config}")
         keep[name] = value
-    statements += [f"RESET {quote_ident(name)}" for name in applied if name not in keep]
-    return "; ".join(statements), keep
+    resets = [f"RESET {quote_ident(name)}" for name in applied if name not in keep]
+    return "; ".join(resets + statements), keep
 
 
 class PoolParameters:

@@ -48,6 +48,8 @@ __all__ = [
     "client_error",
     "interner",
     "planner_key",
+    "plan_changed",
+    "PLAN_CHANGED",
     "render",
     "result_shape",
 ]
@@ -60,20 +62,22 @@ REWRITTEN = frozenset((_PARSE, _BIND, _DESCRIBE, _CLOSE))
 #: Item codes: a client Parse, Bind or Describe to render for the server it lands on, a
 #: client Close, a count of requests (Query, Sync, FunctionCall) in the raw bytes before, a
 #: client Parse of a name it already has (PostgreSQL answers 42P05), the marker ahead of a
-#: Query or FunctionCall inside an extended batch, and a SQL C{DEALLOCATE} of one of the
-#: client's names that must be answered in its place among the server's answers.
-PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK, DEALLOCATE = range(8)
+#: Query or FunctionCall inside an extended batch, a SQL C{DEALLOCATE} of one of the
+#: client's names that must be answered in its place among the server's answers, and the
+#: marker ahead of an unnamed Parse that does not start its Sync group (L{REACH}).
+PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK, DEALLOCATE, REACH = range(9)
 
 #: What an expected ParseComplete/CloseComplete is: the client's own answer, one the client
 #: must not see (an injected Parse, an eviction's Close), a CloseComplete standing in for
 #: the ParseComplete of a statement the server already had, the error of a duplicate Parse,
-#: the answer to a client Parse sent again under the server's unnamed statement because the
-#: statement's own Parse, in an earlier Sync group, may yet fail, or a marker's answer (a
+#: a marker's answer (a
 #: no-op Close ahead of a Query inside an extended batch: answered only if PostgreSQL is not
 #: skipping to the next Sync after an error, L{pgdoorman.session.lease.Lease.failed}), and
 #: the CommandComplete of the PREPARE in the Query sent for a client's SQL C{DEALLOCATE}
-#: (L{_DEALLOCATE_QUERY}), and the ParameterDescription (then RowDescription or NoData) of
-#: the pooler's own Describe after a Parse it sends (L{Statement.shape}).
+#: (L{_DEALLOCATE_QUERY}), the ParameterDescription (then RowDescription or NoData) of
+#: the pooler's own Describe after a Parse it sends (L{Statement.shape}), and the answer to
+#: the no-op Close ahead of an unnamed Parse that tells whether PostgreSQL ran the Parse
+#: (then a failure drops the earlier unnamed statement) or skipped it (it stays).
 (
     PASS_PARSE,
     SWALLOW_PARSE,
@@ -81,10 +85,10 @@ PARSE, BIND, DESCRIBE, CLOSE, REQUESTS, DUPLICATE, MARK, DEALLOCATE = range(8)
     SWALLOW_CLOSE,
     CLOSE_AS_PARSE,
     DUPLICATE_PARSE,
-    PASS_REPARSE,
     SWALLOW_MARK,
     SWALLOW_PREPARE,
     SWALLOW_DESCRIBE,
+    SWALLOW_REACH,
 ) = range(10)
 
 #: The startup settings a client's statements are planned under, part of the pool cache's
@@ -303,15 +307,68 @@ def planner_key(wanted) -> tuple:
     return tuple(settings.get(name) for name in PLANNER_KEYS)
 
 
+#: The older half of a L{Recent} that has none: shared, never written to.
+_NOTHING: dict = {}
+
+#: The states of a change of a client's unnamed statement (L{ClientStatements.unnamed}):
+#: sent (or done), skipped by PostgreSQL, or a Parse that ran and failed.
+_SENT, _SKIPPED, _RAN = range(3)
+
+
+def _changes(change: "list | None"):
+    """The changes of the unnamed statement from C{change} back."""
+    while change is not None:
+        yield change
+        change = change[1]
+
+
+class Recent:
+    """A bounded memory of pairs that answers still on their way may need: past C{size}
+    pairs the older half goes (never the pair just added), and L{clear} drops all once
+    nothing is in flight. Dropping everything at the bound would lose the pair an error
+    about to arrive names."""
+
+    __slots__ = ("new", "old", "size")
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.new: dict = {}
+        self.old: dict = _NOTHING
+
+    def __setitem__(self, key, value) -> None:
+        if len(self.new) >= self.size:
+            self.old = self.new
+            self.new = {}
+        self.new[key] = value
+
+    def items(self):
+        """The pairs, older first (a newer value of a key comes after its older one)."""
+        return itertools.chain(self.old.items(), self.new.items())
+
+    def clear(self) -> None:
+        """Forget everything."""
+        self.new.clear()
+        self.old = _NOTHING
+
+    def __len__(self) -> int:
+        return len(self.new) + len(self.old)
+
+
 class ClientStatements:
     """One client's view: its statement names (and its unnamed statement) to L{Statement}s.
 
     @param planner: the client's L{planner_key}.
     @ivar named: client name to statement, kept until Close, DEALLOCATE or disconnect.
-    @ivar anonymous: the statement of the client's latest unnamed Parse.
+    @ivar anonymous: the client's unnamed statement, as its latest unnamed Parse (or
+        Close, or Query) left it, unless PostgreSQL failed or skipped that.
+    @ivar unnamed: the latest of the unnamed statement's changes still in flight, a
+        C{[statement, earlier change, state]} list (C{None} for a change that dropped it):
+        where PostgreSQL failed or skipped changes, L{anonymous} is worked out again by
+        going back along them (L{_unnamed_now}).
     """
 
-    #: How many forgotten names L{client_error} can still put back in an error.
+    #: How many forgotten names (and changes of the unnamed statement) a client's pipeline
+    #: can have in flight with every answer still exact.
     FORGOTTEN = 16
 
     def __init__(self, pool: PoolStatements, planner: tuple = ()) -> None:
@@ -321,9 +378,10 @@ class ClientStatements:
         self.anonymous: "Statement | None" = None
         #: Server name to client name of the statements whose Parse failed lately: a
         #: message sent behind such a Parse may still name it in PostgreSQL's error.
-        self.forgotten: dict = {}
-        #: Unnamed statement to the one its Parse replaced, while that Parse may still fail.
-        self.replaced: dict = {}
+        self.forgotten = Recent(self.FORGOTTEN)
+        self.unnamed: "list | None" = None
+        #: The length of the L{unnamed} chain.
+        self.depth = 0
 
     def translate(self, mtype: int, body: bytes):
         """Turn one whole client message into an item for L{render} (or the bytes of the
@@ -347,12 +405,10 @@ class ClientStatements:
                 )
                 if name:
                     self.named[name] = statement
-                else:
-                    if len(self.replaced) >= self.FORGOTTEN:
-                        self.replaced.clear()
-                    self.replaced[statement] = self.anonymous
-                    self.anonymous = statement
-                return (PARSE, statement, name)
+                    return (PARSE, statement, name)
+                # Unnamed: the change itself stands for the name, so that its failure or
+                # skip undoes exactly it, whatever else the pipeline parses.
+                return (PARSE, statement, self._change(statement))
             if mtype == _BIND:
                 i = body.index(0)
                 j = body.index(0, i + 1)
@@ -376,55 +432,126 @@ class ClientStatements:
                 name = body[1 : body.index(0, 1)]
                 if name:
                     statement = self.named.pop(name, None)
-                else:
-                    statement, self.anonymous = self.anonymous, None
-                if statement is not None:
-                    # An error already on its way may still name it, and if PostgreSQL
-                    # skips this Close the name stays (L{undeallocate}).
-                    self._forgot(statement, name)
-                    return (CLOSE, m.message(b"C", body), statement, name)
+                    if statement is not None:
+                        # An error already on its way may still name it, and if PostgreSQL
+                        # skips this Close the name stays (L{undeallocate}).
+                        self._forgot(statement, name)
+                        return (CLOSE, m.message(b"C", body), statement, name)
+                elif self.unnamed is not None:
+                    statement = self.anonymous
+                    return (CLOSE, m.message(b"C", body), statement, self._change(None))
             return (CLOSE, m.message(b"C", body), None, None)
         except ValueError:
             raise PgError(
                 SQLSTATE.PROTOCOL_VIOLATION, f"malformed message of type {chr(mtype)!r}"
             ) from None
 
-    def forget(self, name: bytes, statement: Statement) -> None:
-        """The Parse that made C{name} failed: the client has no such statement."""
+    def forget(self, name, statement: Statement, ran: bool = False) -> None:
+        """The Parse that made C{name} (a client name, or the change L{translate} made
+        for an unnamed Parse) failed (C{ran}) or was skipped: the client has no such
+        statement."""
+        if type(name) is list:
+            self._forgot(statement, b"")
+            # PostgreSQL drops the earlier unnamed statement when it starts an unnamed
+            # Parse, so only a skipped one leaves it in place.
+            name[2] = _RAN if ran else _SKIPPED
+            self.anonymous = self._unnamed_now()
+            return
         self._forgot(statement, name)
-        if name:
-            if self.named.get(name) is statement:
-                del self.named[name]
-        elif self.anonymous is statement:
-            # A failed or skipped unnamed Parse leaves PostgreSQL's earlier one in place.
-            self.anonymous = self.replaced.pop(statement, None)
+        if self.named.get(name) is statement:
+            del self.named[name]
+
+    def _change(self, statement: "Statement | None") -> list:
+        """Make C{statement} the unnamed one; the change, for its failure or skip."""
+        change = [statement, self.unnamed, _SENT]
+        self.unnamed = change
+        self.anonymous = statement
+        self.depth += 1
+        if self.depth > 2 * self.FORGOTTEN:
+            # Bounded: only a pipeline this long, all of it skipped, reaches further back.
+            last = change
+            for _ in range(self.FORGOTTEN - 1):
+                last = last[1]
+            for dropped in _changes(last[1]):
+                if dropped[0] is not None:
+                    self._forgot(dropped[0], b"")
+            last[1] = None
+            self.depth = self.FORGOTTEN
+        return change
+
+    def _unnamed_now(self) -> "Statement | None":
+        """The unnamed statement once the changes PostgreSQL skipped are taken back."""
+        change = self.unnamed
+        while change is not None and change[2] == _SKIPPED:
+            change = change[1]
+        if change is None or change[2] == _RAN:
+            return None
+        return change[0]
 
     def drop_anonymous(self) -> None:
         """A simple Query dropped the unnamed statement (PostgreSQL's exec_simple_query
         does); an error already on its way may still name it."""
-        statement = self.anonymous
-        if statement is not None:
+        if self.unnamed is not None:
+            # Nothing from before the Query can bring a statement back.
+            for change in _changes(self.unnamed):
+                if change[0] is not None:
+                    self._forgot(change[0], b"")
+            self.unnamed = None
+            self.depth = 0
             self.anonymous = None
-            self._forgot(statement, b"")
 
     def _forgot(self, statement: Statement, name: bytes) -> None:
-        """Remember, for a while, that C{name} was the client's name for C{statement}."""
-        if len(self.forgotten) >= self.FORGOTTEN:
-            self.forgotten.clear()
+        """Remember, while answers are on their way, that C{name} was the client's name for
+        C{statement}."""
         self.forgotten[statement.name] = name
 
-    def renew(self, name: bytes, stale: Statement) -> "Statement | None":
-        """The client's own Parse of C{name} planned a new shape while C{stale} (which its
-        name maps to) has the old one: the client's statement is a new one, as its Parse
+    def settled(self) -> None:
+        """Every message the client sent is answered: no error can name a statement it
+        let go any more, and no change of the unnamed statement can be undone."""
+        forgotten = self.forgotten
+        if forgotten.new:
+            forgotten.clear()
+        # Inline: this runs at the end of every transaction of a client that parses.
+        anonymous = self.anonymous
+        head = self.unnamed
+        if anonymous is not None and head is not None and head[0] is anonymous and head[2] == _SENT:
+            head[1] = None
+            self.depth = 1
+            return
+        self._settle_unnamed()
+
+    def _settle_unnamed(self) -> None:
+        """Only the unnamed statement as it stands is left of its changes."""
+        anonymous = self.anonymous
+        head = self.unnamed
+        if anonymous is None:
+            self.unnamed = None
+            self.depth = 0
+            return
+        if head is None or head[0] is not anonymous or head[2] != _SENT:
+            self.unnamed = head = [anonymous, None, _SENT]
+        head[1] = None
+        self.depth = 1
+
+    def renew(self, name, stale: Statement) -> "Statement | None":
+        """The client's own Parse of C{name} (a client name, or the change L{translate}
+        made for an unnamed Parse) planned a new shape while C{stale} (which it maps to)
+        has the old one: the client's statement is a new one, as its Parse
         came after the change. Return it (C{None} if the name maps to something else)."""
-        current = self.named.get(name) if name else self.anonymous
+        unnamed = type(name) is list
+        current = name[0] if unnamed else self.named.get(name)
         if current is not stale:
             return None
         fresh = self.pool.get(stale.query, stale.types, stale.kind, self.planner)
-        if name:
-            self.named[name] = fresh
+        if unnamed:
+            name[0] = fresh
+            if self.anonymous is stale:
+                self.anonymous = fresh
+            name = b""
         else:
-            self.anonymous = fresh
+            self.named[name] = fresh
+        # A Bind or Describe of the old statement may still be answered with its name.
+        self._forgot(stale, name)
         return fresh
 
     def deallocate_item(self, name: bytes):
@@ -434,22 +561,26 @@ class ClientStatements:
         statement = self.named.pop(name, None)
         if statement is None:
             return None
+        # An error already on its way (a Bind before it) may still name it.
+        self._forgot(statement, name)
         return (DEALLOCATE, statement, name)
 
-    def undeallocate(self, name: bytes, statement: Statement) -> None:
-        """The C{DEALLOCATE name} of L{deallocate_item}, or the Close of C{name}, failed or
-        was skipped: the client keeps the name (unless a later Parse gave it another
+    def undeallocate(self, name, statement: "Statement | None") -> None:
+        """The C{DEALLOCATE name} of L{deallocate_item}, or the Close of C{name} (a client
+        name, or the change L{translate} made for a Close of the unnamed statement), failed
+        or was skipped: the client keeps the name (unless a later Parse gave it another
         statement)."""
-        if name:
+        if type(name) is list:
+            name[2] = _SKIPPED
+            self.anonymous = self._unnamed_now()
+        else:
             self.named.setdefault(name, statement)
-        elif self.anonymous is None:
-            self.anonymous = statement
 
     def deallocate(self, name: "bytes | None") -> bool:
         """SQL C{DEALLOCATE name} (C{None}: ALL). True if C{name} was the client's."""
         if name is None:
             self.named.clear()
-            self.anonymous = None
+            self.drop_anonymous()
             return True
         return self.named.pop(name, None) is not None
 
@@ -480,6 +611,7 @@ class ClientStatements:
                 view.named[p.name] = statement
             else:
                 view.anonymous = statement
+                view._settle_unnamed()
         return view
 
 
@@ -510,6 +642,10 @@ def render(items: list, lease) -> bytes:
             out.append(_NOOP_CLOSE)
             expect.append((group, SWALLOW_MARK, None, None))
             continue
+        if code == REACH:
+            out.append(_NOOP_CLOSE)
+            expect.append((group, SWALLOW_REACH, None, None))
+            continue
         if code == DEALLOCATE:
             out.append(_DEALLOCATE_QUERY)
             expect.append((group, SWALLOW_PREPARE, item[1], item[2]))
@@ -520,20 +656,25 @@ def render(items: list, lease) -> bytes:
             continue
         name = statement.name
         if name in names:
+            if code == PARSE and cache.pending.get(name, group) < group:
+                # Its Parse in an earlier group may still fail or be skipped, and then
+                # this client's Parse is the text's first on the server: the rest waits
+                # for that answer (once per text and server, in a pipeline only); a Flush
+                # brings the answers of what went before it in this group.
+                out.append(_FLUSH)
+                lease.awaited = name
+                lease.rest = items[next(i for i, x in enumerate(items) if x is item) :]
+                lease.checking = True
+                return b"".join(out)
             names.move_to_end(name)
             cache.hits += 1
+            lease.stats.prepared_hits += 1
             if code == PARSE:
-                if cache.pending.get(name, group) < group:
-                    # Its Parse in an earlier group may still fail; if it does, this
-                    # client's Parse must fail the same way: parse the text again, under
-                    # the server's unnamed statement, which the pooler never uses.
-                    out.append(m.message(b"P", b"\x00" + statement.query + b"\x00" + statement.types))
-                    expect.append((group, PASS_REPARSE, statement, item[2]))
-                else:
-                    out.append(_NOOP_CLOSE)
-                    expect.append((group, CLOSE_AS_PARSE, statement, item[2]))
+                out.append(_NOOP_CLOSE)
+                expect.append((group, CLOSE_AS_PARSE, statement, item[2]))
         else:
             cache.misses += 1
+            lease.stats.prepared_misses += 1
             while len(names) >= cache.size and _evict(cache, group, out, expect):
                 pass
             names[name] = statement
@@ -564,6 +705,7 @@ def render(items: list, lease) -> bytes:
         if code == BIND:
             body = item[2] + name + b"\x00" + item[3]
             out.append(b"B" + (len(body) + 4).to_bytes(4, "big") + body)
+            lease.bound.append(statement)
         elif code == DESCRIBE:
             out.append(b"D" + (len(name) + 6).to_bytes(4, "big") + b"S" + name + b"\x00")
     return b"".join(out)
@@ -625,6 +767,24 @@ def _stale_error(body: bytes, view, aborted: bool) -> bytes:
     return _CHANGED
 
 
+#: PostgreSQL's words when a DDL changed what a prepared statement's plan returns.
+PLAN_CHANGED = b"cached plan must not change result type"
+
+
+def plan_changed(lease) -> int:
+    """PostgreSQL refused to run a statement Bound in the requests under way (0A000, its
+    result type changed): they leave the pool's cache, so that the Parse a driver sends to
+    recover (asyncpg does) gets a new statement, planned anew on every server, and not the
+    pooled one that fails again. Those that did not fail cost one Parse more later; clients
+    that hold one keep it, and fail as their own statement on PostgreSQL would (the
+    servers' answers, or the shape check on a server new to it). Returns how many went."""
+    statements = {id(statement): statement for statement in lease.bound}
+    for statement in statements.values():
+        lease.view.pool.retire(statement)
+    lease.bound.clear()
+    return len(statements)
+
+
 def client_error(body: bytes, view, expect, aborted: bool = False) -> "bytes | None":
     """The ErrorResponse (C{body}) a client gets when PostgreSQL's names one of the
     pooler's C{DOORMAN_<n>} statements ("prepared statement ... already exists" for a
@@ -642,14 +802,14 @@ def client_error(body: bytes, view, expect, aborted: bool = False) -> "bytes | N
         return None
     if body.startswith(_STALE, start + 1):
         return _stale_error(body, view, aborted)
-    names = dict(view.forgotten)
+    names = dict(view.forgotten.items())
     names[_NO_STATEMENT] = b""
     if view.anonymous is not None:
         names[view.anonymous.name] = b""
-    # An unnamed statement that a later unnamed Parse, still in flight, replaced.
-    for replaced in view.replaced.values():
-        if replaced is not None:
-            names[replaced.name] = b""
+    # Unnamed statements that later changes, still in flight, replaced.
+    for change in _changes(view.unnamed):
+        if change[0] is not None:
+            names[change[0].name] = b""
     # One text prepared under several of the client's names is one statement: the error
     # names one of them (the client's named ones before its unnamed one).
     for name, statement in view.named.items():

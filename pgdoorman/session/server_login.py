@@ -47,6 +47,8 @@ class ServerLogin:
         self.params: dict = {}
         self.backend_pid = 0
         self.backend_key = 0
+        #: AuthenticationOk arrived (the startup phase goes on until ReadyForQuery).
+        self.authenticated = False
         self.tx_status = b"I"
         self._framer = Framer(ALL_TYPES)
         self._scram: "ScramClient | None" = None
@@ -114,6 +116,7 @@ class ServerLogin:
         """The answer to one authentication request (C{b""} when none is due)."""
         creds = self.credentials
         if code == _OK:
+            self.authenticated = True
             return b""
         if code == _CLEARTEXT:
             if creds.password is None:

@@ -309,6 +309,34 @@ class PostgresCluster:
 
     # -- configuration ----------------------------------------------------
 
+    def make_standby(self) -> "PostgresCluster":
+        """A streaming standby of this running cluster, copied with C{pg_basebackup -R}
+        over the unix socket (so this cluster's pg_hba must let the superuser replicate
+        there), on its own port; not started yet."""
+        standby = PostgresCluster(bindir=self.bindir, superuser=self.superuser, settings=dict(self.settings))
+        try:
+            self._server_run(
+                [
+                    "pg_basebackup",
+                    "-D",
+                    standby.datadir,
+                    "-h",
+                    self.socket_dir,
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    self.superuser,
+                    "-R",
+                    "--checkpoint=fast",
+                    "--no-sync",
+                ],
+                _INITDB_TIMEOUT,
+            )
+        except BaseException:
+            standby.destroy()
+            raise
+        return standby
+
     def set_hba(
         self,
         method: str,
@@ -340,6 +368,11 @@ class PostgresCluster:
             for user, how in rules
             for address in ("127.0.0.1/32", "::1/128")
         )
+        self.write_hba(hba, local_trust=local_trust)
+
+    def write_hba(self, hba: str, *, local_trust: bool = True) -> None:
+        """Make C{hba} the pg_hba.conf and reload, as L{set_hba} does; with C{local_trust}
+        the text must keep unix-socket logins of the superuser trusted, so L{sql} works."""
         path = os.path.join(self.datadir, "pg_hba.conf")
         with open(path, encoding="utf-8") as f:
             previous = f.read()
