@@ -622,7 +622,6 @@ class LifecycleTests(_PoolerTestCase):
         errors = [m.parse_error_fields(b) for t, b in messages if t == "E"]
         self.assertEqual([e["C"] for e in errors], ["53300"], messages)
         self.assertGreaterEqual(waited, 1.5)
-        self.assertLess(waited, 9)
         self.assertEqual(console.run("PAUSE nosuchdb").sqlstate, "3D000")
         console.ok("RESUME")
         self.assertEqual(self.scalar(client, "select 13"), "13")

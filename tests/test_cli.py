@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from twisted.trial.unittest import TestCase
@@ -40,6 +41,22 @@ def _env() -> dict:
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     return env
+
+
+def _demo_leftovers(before: frozenset = frozenset()) -> list:
+    """Demo cluster directories in the temp dir, and processes running in them, that are
+    not in C{before} (what L{_demo_leftovers} returned earlier)."""
+    tmp = tempfile.gettempdir()
+    dirs = {os.path.join(tmp, n) for n in os.listdir(tmp) if n.startswith("pgdoorman-pg-")}
+    found = sorted(dirs - before)
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                cmdline = f.read().decode(errors="replace")
+        except OSError:
+            continue
+        found += [f"process {pid} in {d}" for d in dirs - before if d in cmdline]
+    return found
 
 
 def run_pgdoorman(*args: str) -> subprocess.CompletedProcess:
@@ -280,11 +297,13 @@ class DemoTests(TestCase):
         """C{--port} of a port in use: one line, exit 1, and no PostgreSQL started."""
         taken = _listening()
         self.addCleanup(taken.close)
+        before = frozenset(_demo_leftovers())
         result = run_pgdoorman("demo", "--port", str(taken.getsockname()[1]))
         self.assertEqual(result.returncode, 1)
         self.assertEqual(len(result.stderr.strip().splitlines()), 1, result.stderr)
         self.assertIn("is taken", result.stderr)
         self.assertNotIn("PostgreSQL data in", result.stdout)
+        self.assertEqual(_demo_leftovers(before), [])
 
     def test_demo_prints_a_working_connection_string(self):
         """The demo (6432 taken: on another port, which it says) prints psql commands for
@@ -293,6 +312,7 @@ class DemoTests(TestCase):
         taken = _listening(6432)
         if taken is not None:
             self.addCleanup(taken.close)
+        before = frozenset(_demo_leftovers())
         proc = subprocess.Popen(
             [sys.executable, "-m", "pgdoorman", "demo"],
             stdout=subprocess.PIPE,
@@ -371,3 +391,5 @@ class DemoTests(TestCase):
         self.assertEqual(proc.returncode, 0, output)
         datadir = re.search(r"PostgreSQL data in ([^)\s]+)", "".join(seen)).group(1)
         self.assertFalse(os.path.exists(datadir))
+        # Neither its cluster's directory nor any of its PostgreSQL processes is left.
+        self.assertEqual(_demo_leftovers(before), [])

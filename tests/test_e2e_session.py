@@ -197,9 +197,8 @@ class PoolSettingsTests(ClusterMixin, TestCase):
         )
         client = RawClient(pooler.port, timeout=30)
         self.addCleanup(client.close)
-        started = time.monotonic()
+        # 08006 is connect_timeout's answer; query_wait_timeout would give 53300.
         result = client.login("postgres", "app", "pw")
-        self.assertLess(time.monotonic() - started, 10)
         self.assertEqual(result.sqlstate, "08006", result.fields)
 
     def test_unix_socket_server(self):

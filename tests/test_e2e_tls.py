@@ -269,9 +269,8 @@ class ClientTLSTests(ClusterMixin, TestCase):
         with socket.create_connection(("127.0.0.1", pooler.port), timeout=10) as sock:
             self.assertEqual(tls_request(sock), b"S")
             sock.sendall(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03")
-            started = time.monotonic()
+            # Without client_login_timeout the 10 s socket timeout would raise here.
             read_to_eof(sock)
-            self.assertLess(time.monotonic() - started, 8)
         self.assertEqual(conn.execute("select 1").fetchone(), (1,))
 
     def test_500_handshakes_at_once(self):

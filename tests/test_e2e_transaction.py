@@ -443,14 +443,12 @@ class TransactionModeTests(ClusterMixin, TestCase):
         self.assertIsNotNone(client.backend_key)
         client.send(m.query("select pg_sleep(30)"))
         time.sleep(1)
-        started = time.monotonic()
         send_cancel(self.pooler.port, *client.backend_key)
         messages = []
         while not messages or messages[-1][0] != "Z":
             msg = client.read_message()
             self.assertIsNotNone(msg, messages)
             messages.append(msg)
-        self.assertLess(time.monotonic() - started, 10)
         errors = [m.parse_error_fields(b)["C"] for t, b in messages if t == "E"]
         self.assertEqual(errors, ["57014"])
         self.assertIn(("D", b"\x00\x01\x00\x00\x00\x011"), client.query("select 1"))

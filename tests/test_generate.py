@@ -78,14 +78,19 @@ class GenerateTests(ClusterMixin, TestCase):
         with open(base + ".yaml") as f:
             text = f.read()
         self.assertIn("general:\n", text)
+        check = run_pgdoorman("-t", base + ".yaml")
+        self.assertEqual(check.returncode, 0, check.stderr)
         pooler = PgdoormanProcess(
             text.replace("port: 6432\n", "port: {port}\n", 1), self.mktemp(), "pg_doorman.yaml"
         )
         pooler.start()
         self.addCleanup(pooler.stop)
         bound(self, TEST_BOUND, pooler)
-        with psycopg.connect(pooler.dsn("gen_scram", "pw-scram", "gen_b"), connect_timeout=30) as conn:
-            self.assertEqual(conn.execute("select current_database()").fetchone()[0], "gen_b")
+        for user, password in (("gen_md5", "pw-md5"), ("gen_scram", "pw-scram")):
+            for database in ("gen_a", "gen_b"):
+                with psycopg.connect(pooler.dsn(user, password, database), connect_timeout=30) as conn:
+                    row = conn.execute("select current_user, current_database()").fetchone()
+                    self.assertEqual(row, (user, database))
 
     def test_to_standard_output_without_comments(self):
         """Without -o the config goes to standard output; --no-comments and -s say so."""
