@@ -38,6 +38,14 @@ class GenerateTests(ClusterMixin, TestCase):
         where = ("--host", self.cluster.socket_dir, "-p", str(self.cluster.port), "-u", "postgres")
         return run_pgdoorman("generate", *where, *args)
 
+    def assertServesBoth(self, pooler) -> None:
+        """The md5 and the SCRAM user log in to both databases through C{pooler}."""
+        for user, password in (("gen_md5", "pw-md5"), ("gen_scram", "pw-scram")):
+            for database in ("gen_a", "gen_b"):
+                with psycopg.connect(pooler.dsn(user, password, database), connect_timeout=30) as conn:
+                    row = conn.execute("select current_user, current_database()").fetchone()
+                    self.assertEqual(row, (user, database))
+
     def test_generated_config_serves(self):
         """The file (owner-only) passes -t; through pgdoorman the md5 and SCRAM users log
         in to both databases, PostgreSQL's secrets used by passthrough; the role without a
@@ -57,11 +65,7 @@ class GenerateTests(ClusterMixin, TestCase):
         pooler.start()
         self.addCleanup(pooler.stop)
         bound(self, TEST_BOUND, pooler)
-        for user, password in (("gen_md5", "pw-md5"), ("gen_scram", "pw-scram")):
-            for database in ("gen_a", "gen_b"):
-                with psycopg.connect(pooler.dsn(user, password, database), connect_timeout=30) as conn:
-                    row = conn.execute("select current_user, current_database()").fetchone()
-                    self.assertEqual(row, (user, database))
+        self.assertServesBoth(pooler)
         with self.assertRaises(psycopg.OperationalError):
             psycopg.connect(pooler.dsn("gen_none", "", "gen_a"), connect_timeout=30)
 
@@ -86,11 +90,7 @@ class GenerateTests(ClusterMixin, TestCase):
         pooler.start()
         self.addCleanup(pooler.stop)
         bound(self, TEST_BOUND, pooler)
-        for user, password in (("gen_md5", "pw-md5"), ("gen_scram", "pw-scram")):
-            for database in ("gen_a", "gen_b"):
-                with psycopg.connect(pooler.dsn(user, password, database), connect_timeout=30) as conn:
-                    row = conn.execute("select current_user, current_database()").fetchone()
-                    self.assertEqual(row, (user, database))
+        self.assertServesBoth(pooler)
 
     def test_to_standard_output_without_comments(self):
         """Without -o the config goes to standard output; --no-comments and -s say so."""
