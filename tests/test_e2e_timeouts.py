@@ -133,8 +133,8 @@ class TimeoutTests(ClusterMixin, TestCase):
 
     def test_client_login_timeout(self):
         """client_login_timeout = 1s: 500 connections that never finish logging in (half
-        send nothing, half half a StartupMessage) are closed after it, not before; the pooler's descriptors come
-        back to where they were."""
+        send nothing, half half a StartupMessage) are closed after it, not before; the
+        pooler's descriptors come back to where they were."""
         pooler = self.start('client_login_timeout = "1s"\nmax_connections = 1000')
         fds = f"/proc/{pooler.proc.pid}/fd"
         time.sleep(0.5)
