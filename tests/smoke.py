@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -77,6 +78,7 @@ def main(source_tree: str) -> int:
     finally:
         proc.send_signal(signal.SIGTERM)
         output = proc.communicate(timeout=30)[0].decode("utf-8", "replace")
+        shutil.rmtree(workdir, ignore_errors=True)
     # twistd re-raises the signal that stopped it, so that its parent sees why it ended.
     if proc.returncode not in (0, -signal.SIGTERM):
         print(f"FAIL: twistd exited with {proc.returncode}:\n{output}")
