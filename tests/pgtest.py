@@ -246,6 +246,11 @@ pool_mode = "{pool_mode}"
 """
 
 
+def metrics_section(port: int) -> str:
+    """The config section that serves C{/metrics} on 127.0.0.1:C{port}."""
+    return f'\n[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {port}\n'
+
+
 def run_clients(testcase, client, count: int, bound: float = 120) -> list:
     """Run the coroutines C{client(i)}, for every i below C{count}, at once and within
     C{bound} seconds; fail C{testcase} if any of them raised, else return their results."""

@@ -14,7 +14,7 @@ from twisted.trial.unittest import TestCase
 
 from pgdoorman.testing.cluster import free_port
 
-from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, metrics_section, pool_config
 from .test_metrics import scrape
 
 TEST_BOUND = 120
@@ -43,7 +43,7 @@ class CoordinatorTests(ClusterMixin, TestCase):
         )
         text = pool_config(self.cluster, users, pool_mode="transaction", general='query_wait_timeout = "20s"')
         if web is not None:
-            text += f'\n[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {web}\n'
+            text += metrics_section(web)
         pooler = PgdoormanProcess(text, os.path.abspath(self.mktemp()))
         pooler.start()
         self.addCleanup(pooler.stop)

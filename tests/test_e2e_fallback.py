@@ -15,7 +15,7 @@ from twisted.trial.unittest import TestCase
 
 from pgdoorman.testing.cluster import free_port
 
-from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, metrics_section, pool_config
 from .test_metrics import scrape
 
 TEST_BOUND = 150
@@ -121,7 +121,7 @@ class FallbackTests(ClusterMixin, TestCase):
         )
         self.web = free_port()
         text = pool_config(self.cluster, users, pool_mode="transaction", general=general)
-        text += f'\n[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {self.web}\n'
+        text += metrics_section(self.web)
         pooler = PgdoormanProcess(text, os.path.abspath(self.mktemp()))
         pooler.start()
         self.addCleanup(pooler.stop)

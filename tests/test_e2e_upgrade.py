@@ -24,7 +24,7 @@ import pgdoorman
 from pgdoorman.testing.cluster import free_port
 
 from .certs import Authority
-from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, metrics_section, pool_config
 from .rawclient import RawClient
 from .test_metrics import scrape
 
@@ -177,10 +177,8 @@ class UpgradeTests(ClusterMixin, TestCase):
         with open(passwd, "w") as f:
             f.write("admin:secret\n")
         manhole, web = free_port(), free_port()
-        extra = (
-            f'\n[manhole]\nlisten = "tcp:{manhole}:interface=127.0.0.1"\npasswd = "{passwd}"\n'
-            f'[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {web}\n'
-        )
+        manhole_section = f'\n[manhole]\nlisten = "tcp:{manhole}:interface=127.0.0.1"\npasswd = "{passwd}"\n'
+        extra = manhole_section + metrics_section(web)
         pooler = self.start(
             f'unix_socket_dir = "{sockdir}"', env={"NOTIFY_SOCKET": notify.getsockname()}, extra=extra
         )
@@ -553,7 +551,7 @@ class WorkersUpgradeTests(ClusterMixin, TestCase):
         web = free_port()
         users = f'[[pools.app.users]]\nusername = "up"\npassword = "{PASSWORD}"\npool_size = 4\n'
         general = f'query_wait_timeout = "30s"\nworkers = 2\nunix_socket_dir = "{sockdir}"'
-        extra = f'\n[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {web}\n'
+        extra = metrics_section(web)
         text = pool_config(self.cluster, users, pool_mode="transaction", general=general) + extra
         pooler = PgdoormanProcess(text, os.path.abspath(self.mktemp()))
         pooler.start()

@@ -19,7 +19,7 @@ from twisted.trial.unittest import TestCase
 
 from pgdoorman.testing.cluster import free_port
 
-from .pgtest import ClusterMixin, PgdoormanProcess, Sampler, bound, pool_config, run_clients
+from .pgtest import ClusterMixin, PgdoormanProcess, Sampler, bound, metrics_section, pool_config, run_clients
 from .test_metrics import scrape
 
 TEST_BOUND = 150
@@ -71,7 +71,7 @@ class WorkersTests(ClusterMixin, TestCase):
             general=f'query_wait_timeout = "30s"\nworkers = 2\n{general}',
         )
         if web is not None:
-            text += f'\n[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {web}\n'
+            text += metrics_section(web)
         pooler = PgdoormanProcess(text, os.path.abspath(self.mktemp()))
         pooler.start()
         self.addCleanup(pooler.stop)

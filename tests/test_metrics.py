@@ -20,7 +20,7 @@ from pgdoorman import __version__
 from pgdoorman.protocol import messages as m
 from pgdoorman.testing.cluster import free_port
 
-from .pgtest import ClusterMixin, PgdoormanProcess, bound, pool_config
+from .pgtest import ClusterMixin, PgdoormanProcess, bound, metrics_section, pool_config
 from .rawclient import RawClient, parse_data_row, parse_row_description
 
 PASSWORD = "pw-metrics"
@@ -161,7 +161,7 @@ class MetricsTests(ClusterMixin, TestCase):
         self.web = free_port()
         general = 'query_wait_timeout = "1s"\n'
         text = pool_config(self.cluster, USERS, pool_mode="transaction", general=general)
-        text += f'\n[prometheus]\nenabled = true\nhost = "127.0.0.1"\nport = {self.web}\n'
+        text += metrics_section(self.web)
         self.pooler = PgdoormanProcess(text, os.path.abspath(self.mktemp()))
         self.pooler.start()
         self.addCleanup(self.pooler.stop)
