@@ -23,6 +23,7 @@ from ..net.tls import ServerTLS
 from ..pool.registry import PoolRegistry
 from ..protocol.constants import SQLSTATE
 from ..protocol.errors import PgError
+from ..timers import cancelled
 from .manhole import make_manhole_service
 from .metrics import metrics_site, snapshot
 from .upgrade import (
@@ -328,9 +329,7 @@ class Sweep(Service):
 
     def stopService(self):
         """No more sweeps."""
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._call = cancelled(self._call)
         return super().stopService()
 
 

@@ -41,6 +41,7 @@ from ..net.listeners import InheritedEndpoint
 from ..protocol.constants import SQLSTATE
 from ..protocol.errors import PgError
 from ..session.state import ClientState, StateError
+from ..timers import cancelled
 from ..workers.control import Adopt, Channel, Ready, one_protocol
 
 __all__ = [
@@ -311,9 +312,7 @@ class Upgrade:
         """The new process never got ready: stop it, and the upgrade."""
         if self.pid is not None or self._answer is None:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer = cancelled(self._timer)
         if self.channel is not None and self.channel.transport is not None:
             self.channel.transport.loseConnection()
         transport = getattr(self._process, "transport", None)
@@ -339,9 +338,7 @@ class Upgrade:
         if version != PROTOCOL:
             self._fail(f"the new process speaks hand-over version {version}, not {PROTOCOL}")
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
+        self._timer = cancelled(self._timer)
         self.pid = pid
         self.log.info("binary upgrade: the new process {pid} is ready; handing over the clients", pid=pid)
         self.host.pidfile.moved()
@@ -537,9 +534,7 @@ class Handing:
 
     def resume(self) -> None:
         """The new process is gone: listen again and serve every client as before."""
-        if self._scan_call is not None and self._scan_call.active():
-            self._scan_call.cancel()
-        self._scan_call = None
+        self._scan_call = cancelled(self._scan_call)
         self.serving = False
         self.factory.admin_only = False
         self.factory.upgrade = None

@@ -19,6 +19,7 @@ from twisted.internet.interfaces import IStreamServerEndpoint
 from zope.interface import implementer
 
 from ..loglevel import logger
+from ..timers import cancelled
 
 __all__ = ["UnixPort", "UnixEndpoint", "InheritedEndpoint", "ListenerService", "RetryingEndpoint"]
 
@@ -147,6 +148,4 @@ class RetryingEndpoint:
         self.endpoint.listen(factory).addCallbacks(d.callback, failed)
 
     def _cancel(self, d: Deferred) -> None:
-        if self._call is not None and self._call.active():
-            self._call.cancel()
-        self._call = None
+        self._call = cancelled(self._call)

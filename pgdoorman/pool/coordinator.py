@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..timers import cancelled
+
 __all__ = ["MAIN", "RESERVE", "Budget", "Coordinator", "DbLimitExhausted"]
 
 #: The two kinds of permit a server can hold.
@@ -243,10 +245,7 @@ class Coordinator(Budget):
             self._timer = self.clock.callLater(max(0.0, due), self._expire)
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        self._timer = cancelled(self._timer)
 
     def _expire(self) -> None:
         """Pools that waited reserve_pool_timeout get a reserve permit, or their oldest

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import deque
 
+from ..timers import cancelled
 from .coordinator import MAIN, RESERVE, Budget, DbLimitExhausted
 
 __all__ = ["PATIENCE", "IDLE_GRACE", "EVICT_RETRY", "PermitBook", "WorkerPermits", "DbBook"]
@@ -212,10 +213,7 @@ class PermitBook:
         self._rebalance()
 
     def _disarm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        self._timer = cancelled(self._timer)
 
 
 class WorkerPermits:
@@ -501,16 +499,10 @@ class DbBook(Budget):
         self._evict()
 
     def _stop_retry(self) -> None:
-        if self._retry is not None:
-            if self._retry.active():
-                self._retry.cancel()
-            self._retry = None
+        self._retry = cancelled(self._retry)
 
     def _arm(self) -> None:
-        if self._timer is not None:
-            if self._timer.active():
-                self._timer.cancel()
-            self._timer = None
+        self._timer = cancelled(self._timer)
         if self.queue:
             due = self.queue[0][2] + self.reserve_timeout - self.clock.seconds()
             self._timer = self.clock.callLater(max(0.0, due), self._expire)
