@@ -654,6 +654,18 @@ class ErrorTests(SynchronousTestCase):
             300,
         )
 
+    def test_unixSocketPathLength(self) -> None:
+        """A C{unix_socket_dir} whose socket path would not fit a C{sockaddr_un} fails the
+        load, instead of failing to listen at start-up; 107 bytes still fit."""
+        deep = "/" + "d" * 93
+        self.assertError(
+            config_text(general=f'unix_socket_dir = "{deep}"\nport = 6432'),
+            f"test.toml: general.unix_socket_dir: the socket path '{deep}/.s.PGSQL.6432' is 108 bytes; "
+            "a unix socket path holds at most 107",
+        )
+        text = config_text(general=f'unix_socket_dir = "{deep[:-1]}"\nport = 6432')
+        self.assertEqual(parse(text, "test.toml").general.unix_socket_dir, deep[:-1])
+
     def test_hba(self) -> None:
         """C{hba} and C{pg_hba} exclude each other."""
         self.assertError(

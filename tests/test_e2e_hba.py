@@ -10,9 +10,11 @@ in, or the same SQLSTATE and message.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import ssl
+import tempfile
 import time
 
 from twisted.trial.unittest import TestCase
@@ -109,8 +111,10 @@ class HbaMatrixTests(ClusterMixin, TestCase):
             cls.secrets = {name: cluster.password_hash(name) for name in ("alice", "bob")}
             cls.initialised = True
         self.workdir = os.path.abspath(self.mktemp())
-        self.sockdir = os.path.join(self.workdir, "sock")
-        os.makedirs(self.sockdir)
+        os.makedirs(self.workdir)
+        # A unix socket path holds 107 bytes; trial's temp paths can be longer.
+        self.sockdir = tempfile.mkdtemp(prefix="pgdh")
+        self.addCleanup(shutil.rmtree, self.sockdir, True)
 
     def config(self, rules: str) -> str:
         """pgdoorman in front of the cluster: pools for the three databases, C{alice} and

@@ -44,6 +44,9 @@ from .schema import (
 )
 from .tlsfiles import tls_file_problem, tls_key_matches
 
+# sockaddr_un.sun_path is 108 bytes on Linux, one of them the terminating NUL.
+_SUN_PATH_MAX = 107
+
 try:
     import tomllib
 except ImportError:  # pragma: no cover - Python < 3.11
@@ -281,6 +284,14 @@ class _Loader:
                 "general.tls_rate_limit_per_second",
                 f"must be 0 or a multiple of 100, got {general.tls_rate_limit_per_second}",
             )
+        if general.unix_socket_dir is not None:
+            path = os.path.join(general.unix_socket_dir, f".s.PGSQL.{general.port}")
+            if len(os.fsencode(path)) > _SUN_PATH_MAX:
+                self.fail(
+                    "general.unix_socket_dir",
+                    f"the socket path {path!r} is {len(os.fsencode(path))} bytes; "
+                    f"a unix socket path holds at most {_SUN_PATH_MAX}",
+                )
         if general.hba and general.pg_hba is not None:
             self.fail("general.pg_hba", "cannot be used together with general.hba")
         if general.hba:
